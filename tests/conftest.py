@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.cluster",
     "tests.fixtures.clamd",
     "tests.fixtures.comm100",
+    "tests.fixtures.filescans",
 ]
