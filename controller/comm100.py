@@ -519,6 +519,4 @@ class Comm100Client:
         if body:
             message += f"; body: {body}"
         log.debug("%s", message)
-        return kind(
-            message, method=method, path=path, status_code=code, body=body, retry_after=retry_after
-        )
+        return kind(message, method=method, path=path, status_code=code, body=body, retry_after=retry_after)
