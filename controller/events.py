@@ -268,9 +268,22 @@ def filescan_draft(event: FileUploaded) -> FileScanDraft:
     return FileScanDraft(name=filescan_name(event.source, event.guid), spec=spec)
 
 
+def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {key: _inline(value, defs) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline(item, defs) for item in node]
+    return node
+
+
 def event_json_schema(source: Source) -> dict[str, Any]:
-    """JSON Schema of both body shapes for ``source`` (for the webhook's OpenAPI document)."""
-    flat = _MODELS[(source, False)].model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
-    nested = _MODELS[(source, True)].model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
-    defs = {**flat.pop("$defs", {}), **nested.pop("$defs", {})}
-    return {"anyOf": [flat, nested], "$defs": defs} if defs else {"anyOf": [flat, nested]}
+    """JSON Schema of both body shapes for ``source``, self-contained (no ``$ref``), for OpenAPI."""
+    shapes = []
+    for nested in (False, True):
+        schema = _MODELS[(source, nested)].model_json_schema(by_alias=True)
+        defs = schema.pop("$defs", {})
+        shapes.append(_inline(schema, defs))
+    return {"anyOf": shapes}

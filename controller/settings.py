@@ -91,6 +91,14 @@ class WebhookSettings(_Group):
     """When above 0, wait up to this long for a verdict and answer ``passed``/``failed`` in the
     webhook response; otherwise (the default, Comm100's recommendation) answer ``delay``."""
 
+    store_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    """Longest wait, in seconds, for the apiserver to store a FileScan before answering 503 (so
+    Comm100 reposts). Short, because Comm100 gives up on a slow answer and reposts anyway."""
+
+    retry_after_seconds: int = Field(default=60, ge=1)
+    """``Retry-After`` sent with a 503 when the FileScan could not be stored, in seconds (default
+    60, Comm100's second repost interval; Comm100 keeps its own schedule, a proxy may honour it)."""
+
     @field_validator("webhook_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: Any) -> Any:
@@ -117,6 +125,11 @@ class ScannerSettings(_Group):
 
     clamscan_database: Path | None = None
     """Signature database directory for the ``clamscan`` engine (clamscan's default when unset)."""
+
+    fetch_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Connect timeout, and longest silence while reading, when downloading the file (seconds,
+    default 30). A server that stalls longer fails the attempt as transient (exit 2); the Job's
+    ``activeDeadlineSeconds`` bounds the whole scan."""
 
 
 class ScanJobSettings(_Group):

@@ -1,0 +1,379 @@
+"""The only module that talks to the Kubernetes API (besides kopf's own client in the operator).
+
+Design decisions:
+
+* Requests go through one ``httpx.AsyncClient`` with a keep-alive pool, not through the
+  ``kubernetes`` library's synchronous, thread-pooled client: the webhook must keep up with the
+  apiserver at high concurrency, and an async pool costs a socket per in-flight request, not a
+  thread. The ``kubernetes`` library is used only for what it does well and we must not re-invent:
+  resolving credentials (``KUBECONFIG`` or ``~/.kube/config``, else in-cluster; exec plugins,
+  inline certificate data, token files). Its refresh hook is called before each request, so a
+  rotated service-account token is picked up without a restart. The kubeconfig is never written.
+* Errors are classified in one place, :func:`_raise_for_status`: connection failures, timeouts,
+  429 and 5xx are :class:`KubeTransientError` (the same call may succeed later); other 4xx are
+  :class:`KubePermanentError`, with one class per status that matters (404, 409, 422, 401/403).
+  A 409 whose reason is ``AlreadyExists`` is :class:`KubeAlreadyExists`; creating an object
+  turns it into an :class:`AlreadyExists` *result*, because for deterministically named objects
+  it means "already done", not failure. The cause is always chained, and the apiserver's message
+  is truncated before it reaches an exception (and so a log line).
+* The client is a plain class with async methods and :meth:`KubeClient.aclose`; it holds no
+  global state, so a process (or a test) may have several.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+from kubernetes import config as kube_config
+from kubernetes.client import Configuration
+
+GROUP: Final = "comm100.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+FILESCAN_KIND: Final = "FileScan"
+FILESCAN_PLURAL: Final = "filescans"
+
+_MAX_MESSAGE = 512
+"""Characters of an apiserver answer kept in an exception message."""
+
+JSONObject = dict[str, Any]
+
+
+class KubeError(Exception):
+    """A Kubernetes API call failed. ``status`` is the HTTP status (None when no answer came)."""
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str | None = None) -> None:
+        super().__init__(_truncate(message))
+        self.status = status
+        self.reason = reason
+
+
+class KubeTransientError(KubeError):
+    """The same call may succeed later: the apiserver was unreachable, slow, overloaded or failing."""
+
+
+class KubePermanentError(KubeError):
+    """The apiserver refused the call; repeating it unchanged will not help."""
+
+
+class KubeNotFound(KubePermanentError):
+    """404: the object (or its namespace, or its resource type) does not exist."""
+
+
+class KubeConflict(KubePermanentError):
+    """409: the object changed under us, or exists already."""
+
+
+class KubeAlreadyExists(KubeConflict):
+    """409 ``AlreadyExists``: an object of that name is stored already."""
+
+
+class KubeInvalid(KubePermanentError):
+    """422: the object failed validation (OpenAPI schema or CEL rules)."""
+
+
+class KubeForbidden(KubePermanentError):
+    """401 or 403: our credentials are not accepted, or not allowed to do this."""
+
+
+@dataclass(frozen=True)
+class Created:
+    """The object was stored; ``object`` is what the apiserver returned."""
+
+    object: JSONObject
+
+
+@dataclass(frozen=True)
+class AlreadyExists:
+    """An object of that name was stored already (a repost); nothing was changed."""
+
+    name: str
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "…(truncated)"
+
+
+def _raise_for_status(response: httpx.Response, what: str) -> None:
+    """The one place that decides what an answer's status means."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    reason: str | None = None
+    message = response.text
+    try:
+        body = json.loads(message)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("kind") == "Status":
+        reason = body.get("reason") or None
+        message = str(body.get("message") or message)
+    text = f"{what}: HTTP {status}{f' {reason}' if reason else ''}: {_truncate(message)}"
+    cls: type[KubeError]
+    if status == 404:
+        cls = KubeNotFound
+    elif status == 409:
+        cls = KubeAlreadyExists if reason == "AlreadyExists" else KubeConflict
+    elif status == 422:
+        cls = KubeInvalid
+    elif status in (401, 403):
+        cls = KubeForbidden
+    elif status == 429 or status >= 500:
+        cls = KubeTransientError
+    else:
+        cls = KubePermanentError
+    raise cls(text, status=status, reason=reason)
+
+
+@dataclass(frozen=True)
+class KubeCredentials:
+    """Where the apiserver is and how to prove who we are, as resolved by the ``kubernetes`` library."""
+
+    server: str
+    verify: ssl.SSLContext | bool
+    authorization: Callable[[], str | None]
+    proxy: str | None = None
+
+    @classmethod
+    def from_configuration(cls, configuration: Configuration) -> KubeCredentials:
+        if configuration.verify_ssl:
+            context = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
+        else:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if configuration.cert_file:
+            context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
+
+        def authorization() -> str | None:
+            # Calls the library's refresh hook (rotated service-account tokens, exec plugins).
+            value = configuration.get_api_key_with_prefix("BearerToken")
+            return str(value) if value else None
+
+        return cls(
+            server=str(configuration.host).rstrip("/"),
+            verify=context,
+            authorization=authorization,
+            proxy=configuration.proxy or None,
+        )
+
+    @classmethod
+    def from_environment(cls) -> KubeCredentials:
+        """Standard resolution: ``$KUBECONFIG``, else in-cluster, else ``~/.kube/config``."""
+        configuration = Configuration()
+        if not os.environ.get("KUBECONFIG") and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        else:
+            kube_config.load_kube_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration, persist_config=False
+            )
+        return cls.from_configuration(configuration)
+
+
+class _BearerAuth(httpx.Auth):
+    def __init__(self, authorization: Callable[[], str | None]) -> None:
+        self._authorization = authorization
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        value = self._authorization()
+        if value:
+            request.headers["Authorization"] = value
+        yield request
+
+
+class KubeClient:
+    """Async access to the Kubernetes API; create one per process and :meth:`aclose` it."""
+
+    def __init__(
+        self,
+        credentials: KubeCredentials,
+        *,
+        timeout: float = 5.0,
+        max_connections: int = 64,
+    ) -> None:
+        self.server = credentials.server
+        self._timeout = timeout
+        self._client = httpx.AsyncClient(
+            base_url=credentials.server,
+            verify=credentials.verify,
+            auth=_BearerAuth(credentials.authorization),
+            proxy=credentials.proxy,
+            trust_env=False,
+            follow_redirects=False,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={"Accept": "application/json", "User-Agent": "filescan-operator"},
+        )
+
+    @classmethod
+    def from_environment(cls, *, timeout: float = 5.0, max_connections: int = 64) -> KubeClient:
+        """A client with the standard kubeconfig / in-cluster credentials."""
+        return cls(KubeCredentials.from_environment(), timeout=timeout, max_connections=max_connections)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> KubeClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        try:
+            response = await self._client.request(
+                method,
+                path,
+                content=None if body is None else json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"} if body is not None else None,
+                params=params,
+            )
+        except httpx.TimeoutException as error:
+            raise KubeTransientError(f"{what}: timed out after {self._timeout}s") from error
+        except httpx.TransportError as error:
+            raise KubeTransientError(f"{what}: {type(error).__name__}: {error}") from error
+        _raise_for_status(response, what)
+        return response
+
+    @staticmethod
+    def _filescans_path(namespace: str, name: str | None = None) -> str:
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace, safe='')}/{FILESCAN_PLURAL}"
+        return f"{path}/{quote(name, safe='')}" if name else path
+
+    # -- cluster ------------------------------------------------------------------------------
+
+    async def check_ready(self) -> None:
+        """Raise :class:`KubeError` unless the apiserver answers ``/readyz`` with 200."""
+        await self._request("GET", "/readyz", what="GET /readyz")
+
+    # -- FileScans ----------------------------------------------------------------------------
+
+    async def create_filescan(
+        self,
+        namespace: str,
+        name: str,
+        spec: Mapping[str, Any],
+        *,
+        labels: Mapping[str, str] | None = None,
+    ) -> Created | AlreadyExists:
+        """Store a FileScan; a name taken already is the :class:`AlreadyExists` result."""
+        manifest: JSONObject = {
+            "apiVersion": API_VERSION,
+            "kind": FILESCAN_KIND,
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                **({"labels": dict(labels)} if labels else {}),
+            },
+            "spec": dict(spec),
+        }
+        try:
+            response = await self._request(
+                "POST",
+                self._filescans_path(namespace),
+                what=f"create FileScan {namespace}/{name}",
+                body=manifest,
+            )
+        except KubeAlreadyExists:
+            return AlreadyExists(name)
+        created: JSONObject = response.json()
+        return Created(created)
+
+    async def get_filescan(self, namespace: str, name: str) -> JSONObject:
+        """The FileScan; :class:`KubeNotFound` when there is none."""
+        response = await self._request(
+            "GET", self._filescans_path(namespace, name), what=f"get FileScan {namespace}/{name}"
+        )
+        found: JSONObject = response.json()
+        return found
+
+    async def list_filescans(self, namespace: str) -> list[JSONObject]:
+        """Every FileScan in the namespace."""
+        response = await self._request(
+            "GET", self._filescans_path(namespace), what=f"list FileScans in {namespace}"
+        )
+        items: list[JSONObject] = response.json().get("items", [])
+        return items
+
+    async def wait_for_filescan(
+        self,
+        namespace: str,
+        name: str,
+        condition: Callable[[JSONObject], bool],
+        *,
+        timeout: float,
+    ) -> JSONObject | None:
+        """Watch one FileScan until ``condition(obj)`` holds; ``None`` on timeout or deletion.
+
+        A get gives the current state and the resourceVersion to watch from, so no change between
+        the two is missed; when the watch ends (server timeout, 410 Gone) the loop gets again.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    current = await self.get_filescan(namespace, name)
+                    if condition(current):
+                        return current
+                    version = str(current["metadata"]["resourceVersion"])
+                    async for kind, obj in self._watch_filescan(namespace, name, version, timeout):
+                        if kind == "DELETED":
+                            return None
+                        if kind in ("ADDED", "MODIFIED") and condition(obj):
+                            return obj
+                        if kind == "ERROR":
+                            break  # typically 410 Gone: get again and watch from there
+        except TimeoutError:
+            return None
+        except KubeNotFound:
+            return None
+
+    async def _watch_filescan(
+        self, namespace: str, name: str, resource_version: str, timeout: float
+    ) -> AsyncIterator[tuple[str, JSONObject]]:
+        params = {
+            "watch": "true",
+            "fieldSelector": f"metadata.name={name}",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": str(max(1, int(timeout + 1))),
+        }
+        what = f"watch FileScan {namespace}/{name}"
+        try:
+            async with self._client.stream(
+                "GET",
+                self._filescans_path(namespace),
+                params=params,
+                timeout=httpx.Timeout(self._timeout, read=timeout + 5),
+            ) as response:
+                if response.status_code >= 300:
+                    await response.aread()
+                    _raise_for_status(response, what)
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    yield str(event.get("type")), event.get("object") or {}
+        except httpx.TimeoutException as error:
+            raise KubeTransientError(f"{what}: timed out") from error
+        except httpx.TransportError as error:
+            raise KubeTransientError(f"{what}: {type(error).__name__}: {error}") from error
