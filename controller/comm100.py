@@ -89,6 +89,8 @@ BODY_LIMIT = 200
 _GUID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+")
 _REDACTED = "***"
+# httpcore logs to these child loggers (a filter on a parent does not see their records).
+_HTTP_LOGGERS = ("httpx", *(f"httpcore.{n}" for n in ("connection", "http11", "http2", "proxy", "socks")))
 
 CALLS = Counter(
     "filescan_comm100_calls",
@@ -396,6 +398,22 @@ class ReportResult:
     attempts: int
 
 
+class _RedactingFilter(logging.Filter):
+    """Scrubs this client's tokens from httpx's own log lines (they quote the server's reason
+    phrase, which a careless server could fill with the credential it was sent)."""
+
+    def __init__(self, token: _BearerToken) -> None:
+        super().__init__()
+        self._token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        safe = redact(message, self._token.seen)
+        if safe != message:
+            record.msg, record.args = safe, None
+        return True
+
+
 class Comm100Client:
     """Reports scan results to Comm100. One per process: its pacer is shared by every call."""
 
@@ -419,6 +437,9 @@ class Comm100Client:
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._token = _BearerToken(settings.comm100_token, settings.comm100_token_file)
+        self._log_filter = _RedactingFilter(self._token)
+        for name in _HTTP_LOGGERS:
+            logging.getLogger(name).addFilter(self._log_filter)
         self._http = httpx.AsyncClient(
             base_url=settings.comm100_base_url.rstrip("/"),
             timeout=settings.comm100_timeout_seconds,
@@ -444,6 +465,8 @@ class Comm100Client:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        for name in _HTTP_LOGGERS:
+            logging.getLogger(name).removeFilter(self._log_filter)
 
     async def __aenter__(self) -> Comm100Client:
         return self
