@@ -259,7 +259,7 @@ class Devstack:
                 "--authorization-mode=RBAC",
                 "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,"
                 "DefaultStorageClass,ResourceQuota,LimitRanger,Priority",
-                "--allow-privileged=false",
+                "--allow-privileged=true",
                 # The lease reconciler refuses a loopback advertise address; pods reach the
                 # apiserver through KUBERNETES_SERVICE_HOST, which the pod runner sets.
                 "--endpoint-reconciler-type=none",
