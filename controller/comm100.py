@@ -25,7 +25,8 @@ Design decisions:
   (inode, mtime, size) changes and after every 401/403, so a rotated Kubernetes Secret takes effect
   without a restart. If the file briefly disappears during a rotation, the last token read is used.
 * Secrets never leave this module: every message and response body is redacted (every token seen,
-  and any ``Bearer …`` text) and truncated before it reaches an exception or a log line. Redirects
+  and any ``Bearer …`` text) and truncated before it reaches an exception or a log line; a
+  logging filter does the same to httpx's and httpcore's own lines while a client is open. Redirects
   are not followed, so the token is never sent to another host.
 * The guid is validated before it becomes part of a URL path, so a crafted event cannot steer a call
   to another endpoint. Clock, sleep, randomness and the HTTP transport are injectable for tests.
@@ -72,6 +73,7 @@ __all__ = [
     "attachment_path",
     "call_with_retries",
     "parse_retry_after",
+    "redact",
     "status_body",
 ]
 
