@@ -138,6 +138,7 @@ def configure_logging(level: int = logging.INFO) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    logging.captureWarnings(True)  # so even a library's warning is a JSON line
     # httpx logs every apiserver call at INFO: a second line per request, and URLs do not belong
     # in our logs.
     for name in ("httpx", "httpcore"):
