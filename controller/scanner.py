@@ -349,6 +349,14 @@ def open_download(client: httpx.Client, url: str, policy: FetchPolicy) -> Iterat
     raise _permanent("too-many-redirects", f"more than {MAX_REDIRECTS} redirects from {redact_url(url)}")
 
 
+def _body_chunks(response: httpx.Response) -> Iterator[bytes]:
+    """The file's bytes: raw when the server sent them unencoded (no decoder, no re-chunking copy),
+    decoded otherwise."""
+    if response.headers.get("content-encoding", "identity").lower() == "identity":
+        return response.iter_raw()
+    return response.iter_bytes(CHUNK_SIZE)
+
+
 def _check_declared_length(response: httpx.Response, request: ScanRequest) -> None:
     """Refuse early on Content-Length; the stream is still metered, since the header can lie."""
     if response.headers.get("content-encoding", "identity").lower() != "identity":
@@ -358,9 +366,7 @@ def _check_declared_length(response: httpx.Response, request: ScanRequest) -> No
         return
     length = int(declared)
     if length > request.max_bytes:
-        raise _permanent(
-            "too-large", f"Content-Length {length} is over the limit of {request.max_bytes} bytes"
-        )
+        raise _permanent("too-large", f"Content-Length {length} is over the limit of {request.max_bytes} bytes")
     if request.expected_size is not None and length != request.expected_size:
         raise _permanent(
             "size-mismatch", f"Content-Length {length} differs from the expected size {request.expected_size}"
@@ -374,6 +380,10 @@ def scan_file(request: ScanRequest, started: float) -> Verdict:
             "too-large",
             f"expected size {request.expected_size} is over the limit of {request.max_bytes} bytes",
         )
+    try:  # checked again by open_download; first here, so a refused URL is permanent whatever clamd's state
+        check_file_url(request.url, request.policy)
+    except URLRefused as error:
+        raise _permanent("url-refused", str(error)) from None
     engine = build_engine(request)
     engine_version = engine.version()  # an unavailable engine fails before the download starts
     timeout = httpx.Timeout(request.fetch_timeout)
@@ -383,7 +393,7 @@ def scan_file(request: ScanRequest, started: float) -> Verdict:
             open_download(client, request.url, request.policy) as response,
         ):
             _check_declared_length(response, request)
-            body = MeteredBody(response.iter_bytes(CHUNK_SIZE), request.max_bytes)
+            body = MeteredBody(_body_chunks(response), request.max_bytes)
             signature = engine.scan(body)
     except httpx.TimeoutException as error:
         raise _transient("timeout", f"fetching {redact_url(request.url)} timed out ({error})") from error

@@ -5,6 +5,7 @@ Every verdict here comes from ClamAV with the repo's signature database; nothing
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -175,6 +176,26 @@ def test_unencoded_unicode_url_is_fetched(file_server: FileServer, run_scan: Any
     assert [seen.path for seen in file_server.requests] == [path]
 
 
+def test_compressed_response_is_scanned_decoded(file_server: FileServer, run_scan: Any) -> None:
+    body = b"header " + eicar()
+    url = file_server.add("/gz", Route(body=gzip.compress(body), headers={"Content-Encoding": "gzip"}))
+
+    outcome = run_scan(url, "--expected-size", str(len(body)))
+
+    assert (outcome.code, outcome.result["signature"]) == (0, EICAR_SIGNATURE)
+    assert outcome.result["sha256"] == hashlib.sha256(body).hexdigest()
+    assert file_server.requests[0].headers["Accept-Encoding"] == "identity"
+
+
+def test_compression_bomb_stops_at_the_limit(file_server: FileServer, run_scan: Any) -> None:
+    bomb = gzip.compress(bytes(64 * MiB))  # ~64 KiB on the wire
+    url = file_server.add("/gz-bomb", Route(body=bomb, headers={"Content-Encoding": "gzip"}))
+
+    outcome = run_scan(url, "--max-bytes", str(MiB))
+
+    assert (outcome.code, outcome.result["reason"]) == (3, "too-large")
+
+
 # --- transient failures (exit 2) ---------------------------------------------------------------
 
 
@@ -190,9 +211,7 @@ def test_server_error_is_transient(status: int, file_server: FileServer, run_sca
     assert str(status) in outcome.result["error"]
 
 
-def test_stalled_download_times_out(
-    monkeypatch: pytest.MonkeyPatch, file_server: FileServer, run_scan: Any
-) -> None:
+def test_stalled_download_times_out(monkeypatch: pytest.MonkeyPatch, file_server: FileServer, run_scan: Any) -> None:
     monkeypatch.setenv("FILESCAN_FETCH_TIMEOUT_SECONDS", "1")
     url = file_server.add("/stalls", Route(body=b"x" * 100_000, stall_after=10_000))
 
@@ -267,9 +286,15 @@ def test_url_refused_by_policy(url: str, file_server: FileServer, run_scan: Any)
     assert (outcome.code, outcome.result["reason"]) == (3, "url-refused")
 
 
-def test_http_refused_unless_allowed(
-    monkeypatch: pytest.MonkeyPatch, file_server: FileServer, run_scan: Any
-) -> None:
+def test_refused_url_is_permanent_even_when_clamd_is_down(monkeypatch: pytest.MonkeyPatch, run_scan: Any) -> None:
+    monkeypatch.setenv("FILESCAN_CLAMD_ADDRESS", f"tcp://127.0.0.1:{closed_port()}")
+
+    outcome = run_scan("https://files.example.com/file")
+
+    assert (outcome.code, outcome.result["reason"]) == (3, "url-refused")
+
+
+def test_http_refused_unless_allowed(monkeypatch: pytest.MonkeyPatch, file_server: FileServer, run_scan: Any) -> None:
     monkeypatch.setenv("FILESCAN_ALLOW_HTTP", "false")
     url = file_server.add("/file", Route(body=b"data"))
 
@@ -290,9 +315,7 @@ def test_redirect_to_a_host_not_allowed_is_refused(file_server: FileServer, run_
     assert [seen.path for seen in file_server.requests] == ["/hop"]
 
 
-def test_redirect_within_allowed_hosts_is_followed_without_cookies(
-    file_server: FileServer, run_scan: Any
-) -> None:
+def test_redirect_within_allowed_hosts_is_followed_without_cookies(file_server: FileServer, run_scan: Any) -> None:
     file_server.add("/final", Route(body=eicar()))
     url = file_server.add("/hop", Route(redirect_to="/final", headers={"Set-Cookie": "session=secret"}))
 
@@ -322,9 +345,7 @@ def test_body_past_the_limit_without_content_length(file_server: FileServer, run
     assert (outcome.code, outcome.result["reason"]) == (3, "too-large")
 
 
-def test_body_past_the_env_limit(
-    monkeypatch: pytest.MonkeyPatch, file_server: FileServer, run_scan: Any
-) -> None:
+def test_body_past_the_env_limit(monkeypatch: pytest.MonkeyPatch, file_server: FileServer, run_scan: Any) -> None:
     monkeypatch.setenv("FILESCAN_MAX_FILE_SIZE", "1000")
     url = file_server.add("/big", Route(body=b"a" * 1001, chunked=True))
 
@@ -407,9 +428,7 @@ def test_file_over_clamd_max_file_size_is_infected(
     assert outcome.result["signature"] == "Heuristics.Limits.Exceeded.MaxFileSize"
 
 
-def test_archive_bomb_is_infected(
-    limited_clamd: ClamdProcess, file_server: FileServer, run_scan: Any
-) -> None:
+def test_archive_bomb_is_infected(limited_clamd: ClamdProcess, file_server: FileServer, run_scan: Any) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for index in range(8):  # 8 x 2 MiB of zeros: ~16 KiB compressed, 16 MiB expanded
@@ -428,9 +447,7 @@ def test_archive_bomb_is_infected(
 # --- the result itself -------------------------------------------------------------------------
 
 
-def test_termination_log_stays_under_4096_bytes_for_a_huge_error(
-    file_server: FileServer, run_scan: Any
-) -> None:
+def test_termination_log_stays_under_4096_bytes_for_a_huge_error(file_server: FileServer, run_scan: Any) -> None:
     path = "/" + "ü" * 6000  # 12,000 bytes of path, echoed in the 404 message
     url = file_server.add(path, Route(status=404))
 
