@@ -26,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     operator = commands.add_parser("operator", help="reconcile FileScans: scan Jobs, verdicts, reports")
-    operator.add_argument("--health-host", default="0.0.0.0", help="liveness/metrics address")
-    operator.add_argument("--health-port", type=int, default=8081, help="liveness/metrics port")
+    operator.add_argument("--health-host", default="0.0.0.0", help="address for liveness and metrics")
+    operator.add_argument("--health-port", type=int, default=8081, help="liveness port (/healthz)")
+    operator.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (/metrics)")
     operator.add_argument("--priority", type=int, default=0, help="kopf peering priority")
     operator.add_argument("--standalone", action="store_true", help="no peering (single replica)")
 

@@ -23,6 +23,7 @@ Design decisions:
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import ssl
@@ -170,11 +171,13 @@ class KubeCredentials:
     def from_environment(cls) -> KubeCredentials:
         """Standard resolution: ``$KUBECONFIG``, else in-cluster, else ``~/.kube/config``."""
         configuration = Configuration()
-        if not os.environ.get("KUBECONFIG") and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        # Read $KUBECONFIG now: the library reads it once, when it is imported.
+        kubeconfig = os.environ.get("KUBECONFIG") or None
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
             kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         else:
             kube_config.load_kube_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration, persist_config=False
+                config_file=kubeconfig, client_configuration=configuration, persist_config=False
             )
         return cls.from_configuration(configuration)
 
@@ -240,13 +243,14 @@ class KubeClient:
         what: str,
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
     ) -> httpx.Response:
         try:
             response = await self._client.request(
                 method,
                 path,
                 content=None if body is None else json.dumps(body).encode(),
-                headers={"Content-Type": "application/json"} if body is not None else None,
+                headers={"Content-Type": content_type} if body is not None else None,
                 params=params,
             )
         except httpx.TimeoutException as error:
@@ -377,3 +381,100 @@ class KubeClient:
             raise KubeTransientError(f"{what}: timed out") from error
         except httpx.TransportError as error:
             raise KubeTransientError(f"{what}: {type(error).__name__}: {error}") from error
+
+    # -- the operator's calls -----------------------------------------------------------------
+    # FileScan status, scan Jobs, their pods and Events. kopf watches; these read and write.
+
+    async def patch_filescan_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> JSONObject:
+        """Merge-patch the status subresource (``None`` values remove fields); returns the object."""
+        response = await self._request(
+            "PATCH",
+            self._filescans_path(namespace, name) + "/status",
+            what=f"patch FileScan {namespace}/{name} status",
+            body={"status": dict(status)},
+            content_type="application/merge-patch+json",
+        )
+        patched: JSONObject = response.json()
+        return patched
+
+    async def delete_filescan(self, namespace: str, name: str, *, uid: str) -> None:
+        """Delete exactly that FileScan (a newer one of the same name is left alone)."""
+        try:
+            await self._request(
+                "DELETE",
+                self._filescans_path(namespace, name),
+                what=f"delete FileScan {namespace}/{name}",
+                body={"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid},
+                      "propagationPolicy": "Background"},
+            )
+        except (KubeNotFound, KubeConflict):
+            return
+
+    async def create_job(self, namespace: str, manifest: Mapping[str, Any]) -> Created | AlreadyExists:
+        """Create a Job; a name taken already is the :class:`AlreadyExists` result."""
+        name = str(manifest["metadata"]["name"])
+        try:
+            response = await self._request(
+                "POST", f"/apis/batch/v1/namespaces/{quote(namespace, safe='')}/jobs",
+                what=f"create Job {namespace}/{name}", body=manifest,
+            )
+        except KubeAlreadyExists:
+            return AlreadyExists(name)
+        created: JSONObject = response.json()
+        return Created(created)
+
+    async def get_job(self, namespace: str, name: str) -> JSONObject:
+        response = await self._request(
+            "GET", f"/apis/batch/v1/namespaces/{quote(namespace, safe='')}/jobs/{quote(name, safe='')}",
+            what=f"get Job {namespace}/{name}",
+        )
+        job: JSONObject = response.json()
+        return job
+
+    async def list_jobs(self, namespace: str, label_selector: str) -> list[JSONObject]:
+        response = await self._request(
+            "GET", f"/apis/batch/v1/namespaces/{quote(namespace, safe='')}/jobs",
+            what=f"list Jobs in {namespace}", params={"labelSelector": label_selector},
+        )
+        items: list[JSONObject] = response.json().get("items", [])
+        return items
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[JSONObject]:
+        response = await self._request(
+            "GET", f"/api/v1/namespaces/{quote(namespace, safe='')}/pods",
+            what=f"list pods in {namespace}", params={"labelSelector": label_selector},
+        )
+        items: list[JSONObject] = response.json().get("items", [])
+        return items
+
+    async def create_event(
+        self, regarding: Mapping[str, Any], kind: str, reason: str, message: str, *, component: str
+    ) -> None:
+        """Post a core/v1 Event about ``regarding`` (``kind`` is ``Normal`` or ``Warning``)."""
+        meta = regarding["metadata"]
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": regarding.get("apiVersion", API_VERSION),
+                "kind": regarding.get("kind", FILESCAN_KIND),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": _truncate(message),
+            "source": {"component": component},
+            "reportingComponent": component,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self._request(
+            "POST", f"/api/v1/namespaces/{quote(meta['namespace'], safe='')}/events",
+            what=f"create Event {reason} for {meta['name']}", body=event,
+        )
