@@ -334,7 +334,7 @@ class Reconciler:
         if phase == "Scanning":
             return await self._check_scan(fs, now)
         if phase == "Reporting":
-            scanned = next((c for c in status.get("conditions") or [] if c.get("type") == "Scanned"), {})
+            scanned: JSON = next((c for c in status.get("conditions") or [] if c.get("type") == "Scanned"), {})
             return await self._report(
                 fs, {"verdict": status.get("verdict") or "error", "message": scanned.get("message")},
                 status.get("scanReason") or scanned.get("reason") or "Scanned",
