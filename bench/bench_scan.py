@@ -1,0 +1,211 @@
+"""The scanner's benchmark: is streaming over HTTP into clamd as fast as handing clamd a local file,
+and does the scanner's memory stay flat as files grow?
+
+(a) ``filescan scan`` (the installed entry point, a fresh process as in a Job) fetches a 200 MB
+file from a local HTTP server (stdlib, serving with sendfile so it takes little of the two cores)
+and streams it into clamd; (b) ``clamdscan --stream``
+sends the same file from disk to the same clamd, and a raw INSTREAM of the local file from this
+process is printed as a second baseline. Each is run several times, interleaved; medians are
+compared (goal: a ratio of at most 1.15). Then the peak RSS of ``filescan scan`` for a 20 MB and a
+500 MB file, from ``wait4``'s rusage of that one child (goal: the same within 10 MB, under 80 MB).
+
+clamd runs with limits above 500 MB so every scan is a real one. File contents are random, so
+nothing compresses or short-cuts.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from controller.clamav import ClamdAddress, ClamdClient
+from devstack.clamd import ClamdProcess
+
+MB = 1_000_000
+MiB = 1024 * 1024
+ROUNDS = 5
+FILESCAN = Path(sys.executable).parent / "filescan"
+
+
+def _write_random(path: Path, size: int) -> None:
+    with path.open("wb") as out:
+        remaining = size
+        while remaining:
+            piece = min(remaining, 4 * MiB)
+            out.write(os.urandom(piece))
+            remaining -= piece
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class _SendfileHandler(SimpleHTTPRequestHandler):
+    """Serves files with sendfile(2): the server costs almost no CPU, as a remote one would not."""
+
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        self.wfile.flush()
+        self.connection.sendfile(source)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _start_file_server(directory: Path) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_SendfileHandler, directory=str(directory)))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="bench-file-server", daemon=True).start()
+    return server
+
+
+def _run_filescan(url: str, clamd: ClamdProcess, workdir: Path) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS (KiB) and CPU seconds (user + system) of one ``filescan scan`` process."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FILESCAN_")}
+    env |= {
+        "FILESCAN_ALLOWED_FILE_HOSTS": "127.0.0.1",
+        "FILESCAN_ALLOW_HTTP": "true",
+        "FILESCAN_CLAMD_ADDRESS": clamd.address,
+        "FILESCAN_LOG_LEVEL": "WARNING",
+    }
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [
+            str(FILESCAN),
+            "scan",
+            "--url",
+            url,
+            "--max-bytes",
+            str(1024 * MiB),
+            "--termination-log",
+            str(workdir / "termination-log"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    output = process.stdout.read().decode()
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0 or '"verdict":"clean"' not in output:
+        raise RuntimeError(f"filescan scan failed ({process.returncode}): {output}")
+    return elapsed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+
+
+def _run_startup(workdir: Path) -> float:
+    """Seconds for ``filescan scan`` to start, refuse a URL and exit: the fixed cost of a process."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FILESCAN_")}
+    started = time.perf_counter()
+    completed = subprocess.run(
+        [str(FILESCAN), "scan", "--url", "https://not-allowed.invalid/", "--termination-log", str(workdir / "tl")],
+        env=env | {"FILESCAN_LOG_LEVEL": "WARNING"},
+        capture_output=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if completed.returncode != 3:
+        raise RuntimeError(f"expected a refused URL (exit 3), got {completed.returncode}")
+    return elapsed
+
+
+def _run_clamdscan(path: Path, clamd: ClamdProcess) -> float:
+    started = time.perf_counter()
+    completed = subprocess.run(
+        ["clamdscan", "--stream", "--no-summary", f"--config-file={clamd.config_path}", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - started
+    if completed.returncode != 0 or not completed.stdout.rstrip().endswith(": OK"):
+        raise RuntimeError(f"clamdscan failed ({completed.returncode}): {completed.stdout}{completed.stderr}")
+    return elapsed
+
+
+def _run_raw_instream(path: Path, clamd: ClamdProcess) -> float:
+    client = ClamdClient(ClamdAddress.parse(clamd.address))
+    started = time.perf_counter()
+    with client.instream() as session, path.open("rb") as source:
+        while chunk := source.read(256 * 1024):
+            session.send(chunk)
+        reply = session.finish()
+    elapsed = time.perf_counter() - started
+    if reply.infected:
+        raise RuntimeError(f"raw INSTREAM found {reply.signature}")
+    return elapsed
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp:
+        workdir = Path(tmp)
+        files = workdir / "files"
+        files.mkdir()
+        sizes = {"f200": 200 * MB, "f20": 20 * MB, "f500": 500 * MB}
+        for name, size in sizes.items():
+            _write_random(files / name, size)
+        server = _start_file_server(files)
+        port = server.server_address[1]
+        clamd = ClamdProcess.start(
+            workdir / "clamd",
+            stream_max_length=1024 * MiB,
+            max_file_size=1024 * MiB,
+            max_scan_size=2048 * MiB,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}/f200"
+            _run_filescan(url, clamd, workdir)  # warm the page cache and clamd
+            streamed, baseline, raw, startup, cpu = [], [], [], [], []
+            for _ in range(ROUNDS):
+                startup.append(_run_startup(workdir))
+                wall, _, cpu_seconds = _run_filescan(url, clamd, workdir)
+                streamed.append(wall)
+                cpu.append(cpu_seconds)
+                baseline.append(_run_clamdscan(files / "f200", clamd))
+                raw.append(_run_raw_instream(files / "f200", clamd))
+            rss = {
+                name: _run_filescan(f"http://127.0.0.1:{port}/{name}", clamd, workdir)[1] for name in ("f20", "f500")
+            }
+            version = ClamdClient(ClamdAddress.parse(clamd.address)).version()
+        finally:
+            clamd.stop()
+            server.shutdown()
+            server.server_close()
+
+    a, b, c, s = (statistics.median(values) for values in (streamed, baseline, raw, startup))
+    ratio = a / b
+    rss_20, rss_500 = (rss[name] / 1024 for name in ("f20", "f500"))
+    print(f"machine: {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}, {version}")
+    print(f"200 MB, median of {ROUNDS} runs each:")
+    print(f"  (a) filescan scan over HTTP into clamd : {a:6.2f} s   runs {_fmt(streamed)}")
+    print(f"  (b) clamdscan --stream of the local file: {b:6.2f} s   runs {_fmt(baseline)}")
+    print(f"      raw INSTREAM of the local file      : {c:6.2f} s   runs {_fmt(raw)}")
+    print(f"      filescan start-up alone (no I/O)    : {s:6.2f} s   runs {_fmt(startup)}")
+    print(f"      CPU (user+sys) of filescan in (a)   : {statistics.median(cpu):6.2f} s   runs {_fmt(cpu)}")
+    print(f"  ratio a/b: {ratio:.2f} (goal <= 1.15): {'met' if ratio <= 1.15 else 'NOT met'}")
+    print(f"  ratio (a - start-up)/b: {(a - s) / b:.2f}")
+    print(f"peak RSS of filescan scan: 20 MB file {rss_20:.1f} MiB, 500 MB file {rss_500:.1f} MiB")
+    flat = abs(rss_500 - rss_20) <= 10 * MB / MiB and max(rss_20, rss_500) < 80
+    print(f"  goal (same within 10 MB, under 80 MB): {'met' if flat else 'NOT met'}")
+
+
+def _fmt(values: list[float]) -> str:
+    return ", ".join(f"{value:.2f}" for value in values)
+
+
+if __name__ == "__main__":
+    main()
