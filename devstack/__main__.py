@@ -14,7 +14,9 @@ from devstack.cluster import Devstack
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("build", help="build (or find cached) etcd, kube-apiserver, kube-controller-manager, kubectl, helm")
+    commands.add_parser(
+        "build", help="build (or find cached) etcd, kube-apiserver, kube-controller-manager, kubectl, helm"
+    )
     for name, text in (("up", "start a control plane"), ("down", "stop it"), ("status", "say what runs")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--dir", type=Path, required=True, help="the stack's own directory")

@@ -179,7 +179,8 @@ def build_kubernetes(bins: Binaries) -> None:
         started = time.monotonic()
         out = wd / "out"
         out.mkdir()
-        _go(["build", *_BUILD_FLAGS, "-ldflags", _version_ldflags(KUBERNETES_VERSION), "-o", str(out) + "/", *packages], wd)
+        ldflags = _version_ldflags(KUBERNETES_VERSION)
+        _go(["build", *_BUILD_FLAGS, "-ldflags", ldflags, "-o", f"{out}/", *packages], wd)
         for target in targets:
             _install(out / target.name, target)
         progress(f"kubernetes {KUBERNETES_VERSION}: built in {time.monotonic() - started:.0f}s")

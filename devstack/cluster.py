@@ -338,7 +338,7 @@ class Devstack:
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         """GET ``path`` from the apiserver as the admin."""
         try:
-            with urllib.request.urlopen(  # noqa: S310 - our own https server
+            with urllib.request.urlopen(
                 self.server + path, context=self._ssl_context(), timeout=timeout
             ) as resp:
                 return int(resp.status), bytes(resp.read())
@@ -349,7 +349,7 @@ class Devstack:
         try:
             if component == "etcd":
                 url = f"http://127.0.0.1:{self.ports['etcd']}/health"
-                with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310
+                with urllib.request.urlopen(url, timeout=2) as resp:
                     return bool(json.loads(resp.read()).get("health") == "true")
             if component == "kube-apiserver":
                 return self.get("/readyz", timeout=2)[0] == 200
@@ -358,7 +358,7 @@ class Devstack:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
                 url = f"https://127.0.0.1:{self.ports['kcm']}/healthz"
-                with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:  # noqa: S310
+                with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:
                     return int(resp.status) == 200
             if component == "pod-runner":
                 status, body = self.get(f"/api/v1/nodes/{NODE_NAME}", timeout=2)

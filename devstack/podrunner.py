@@ -235,7 +235,7 @@ class PodRunner:
             self.wake.clear()
             with self.lock:
                 pods = dict(self.pods)
-            for uid, pod in pods.items():
+            for pod in pods.values():
                 try:
                     self.reconcile(pod)
                 except (httpx.HTTPError, ApiError) as error:
@@ -381,7 +381,7 @@ class PodRunner:
         meta, ns = pod["metadata"], pod["metadata"]["namespace"]
         if "serviceAccountToken" in source:
             sat = source["serviceAccountToken"]
-            request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            request: Obj = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                        "spec": {"expirationSeconds": sat.get("expirationSeconds", 3600),
                                 "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
                                                    "name": meta["name"], "uid": meta["uid"]}}}
@@ -663,7 +663,7 @@ class PodRunner:
         }
         if run.deadline_exceeded:
             body |= {"reason": "DeadlineExceeded",
-                     "message": f"Pod was active on the node longer than the specified deadline"}
+                     "message": "Pod was active on the node longer than the specified deadline"}
         self._patch_status(pod, body)
         run.reported = key
         if run.final_phase:
