@@ -62,7 +62,8 @@ from controller.settings import FetchPolicy, ScanEngine, ScannerSettings
 from controller.urls import URLRefused, check_file_url, redact_url
 
 CHUNK_SIZE = 256 * 1024
-"""Bytes per read from the download and per INSTREAM frame: few syscalls, small memory."""
+"""Bytes per chunk when a compressed body is decoded (unencoded bodies pass through as read, 64 KiB
+at a time); each chunk is one INSTREAM frame. Memory holds a few chunks at most."""
 
 MAX_REDIRECTS = 5
 RESULT_LIMIT = 4000
