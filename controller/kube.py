@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import importlib.util
 import json
 import os
 import ssl
+import sys
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -47,6 +49,14 @@ _MAX_MESSAGE = 512
 """Characters of an apiserver answer kept in an exception message."""
 
 JSONObject = dict[str, Any]
+
+# httpcore 1.0 tries ``import sniffio`` whenever it sets up a lock, i.e. on every request. When
+# sniffio is not installed (anyio 4 no longer needs it), each attempt searches sys.path again: about
+# a dozen failed stat() calls per request, a fifth of the webhook's CPU on a busy apiserver path.
+# Recording the absence once makes the failing import immediate; httpcore then assumes asyncio,
+# which is what it would have concluded anyway.
+if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 
 class KubeError(Exception):
@@ -201,7 +211,7 @@ class KubeClient:
         credentials: KubeCredentials,
         *,
         timeout: float = 5.0,
-        max_connections: int = 64,
+        max_connections: int = 8,
     ) -> None:
         self.server = credentials.server
         self._timeout = timeout
@@ -218,7 +228,7 @@ class KubeClient:
         )
 
     @classmethod
-    def from_environment(cls, *, timeout: float = 5.0, max_connections: int = 64) -> KubeClient:
+    def from_environment(cls, *, timeout: float = 5.0, max_connections: int = 8) -> KubeClient:
         """A client with the standard kubeconfig / in-cluster credentials."""
         return cls(KubeCredentials.from_environment(), timeout=timeout, max_connections=max_connections)
 

@@ -95,6 +95,11 @@ class WebhookSettings(_Group):
     """Longest wait, in seconds, for the apiserver to store a FileScan before answering 503 (so
     Comm100 reposts). Short, because Comm100 gives up on a slow answer and reposts anyway."""
 
+    kube_max_connections: int = Field(default=8, ge=1, le=256)
+    """Most connections from one webhook process to the apiserver (default 8). Requests beyond it
+    wait for a free one, within ``store_timeout_seconds``. Few is faster: the HTTP client scans its
+    whole pool on every request, and more parallel creates do not make the apiserver quicker."""
+
     retry_after_seconds: int = Field(default=60, ge=1)
     """``Retry-After`` sent with a 503 when the FileScan could not be stored, in seconds (default
     60, Comm100's second repost interval; Comm100 keeps its own schedule, a proxy may honour it)."""
