@@ -329,7 +329,8 @@ class Devstack:
         return {c: c in self.pids and _pid_alive(self.pids[c], self._marker(c)) for c in COMPONENTS}
 
     # ---- readiness ---------------------------------------------------------------------------
-    def _ssl_context(self) -> ssl.SSLContext:
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS settings to talk to the apiserver as the admin (trusting only the stack's CA)."""
         ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
         cert, key = self.pki.client("admin")
         ctx.load_cert_chain(str(cert), str(key))
@@ -339,7 +340,7 @@ class Devstack:
         """GET ``path`` from the apiserver as the admin."""
         try:
             with urllib.request.urlopen(
-                self.server + path, context=self._ssl_context(), timeout=timeout
+                self.server + path, context=self.ssl_context(), timeout=timeout
             ) as resp:
                 return int(resp.status), bytes(resp.read())
         except urllib.error.HTTPError as error:

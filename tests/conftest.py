@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.clamd",
     "tests.fixtures.comm100",
     "tests.fixtures.filescans",
+    "tests.fixtures.operator",
 ]
