@@ -1,0 +1,341 @@
+"""The webhook's benchmark: how much of the apiserver's own create throughput does it keep?
+
+The same N events (default 2,000, ``FILESCAN_BENCH_EVENTS``) go (a) through ``filescan webhook``
+(the installed program, a process of its own, as deployed) at concurrency 32, and (b) straight to
+the apiserver as FileScan creates with an async HTTP client at the same concurrency, in the same
+run against the same devstack. Each side stores into a namespace of its own, so both create N new
+objects. The two are interleaved in halves (webhook, direct, webhook, direct) so that neither
+gets the emptier etcd or the quieter machine, after a warm-up of each. Goal: the webhook keeps at
+least 0.8 of the direct throughput, with p99 under 50 ms.
+
+The devstack is started in a temporary directory (without the audit log, which would cost both
+sides alike), or reused from ``FILESCAN_TEST_DEVSTACK_DIR``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controller.events import filescan_draft, parse_event
+from controller.kube import API_VERSION, FILESCAN_KIND, KubeCredentials
+from devstack.cluster import Devstack
+
+REPO = Path(__file__).resolve().parent.parent
+CRD = REPO / "manifests" / "crd-filescans.yaml"
+FILESCAN = Path(sys.executable).parent / "filescan"
+CONCURRENCY = 32
+SHARDS = 4
+WARMUP = 200
+TOKEN = "bench-token-5d0f1c2b9e8a7d6c"
+FILE_HOST = "files.comm100.test"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _events(count: int) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for index in range(count):
+        source = "ticket" if index % 2 else "livechat"
+        guid = str(uuid.uuid4())
+        body = {
+            "event": "fileUploaded",
+            "eventId": f"bench-{index}",
+            ("ticketId" if source == "ticket" else "chatId"): 1000 + index,
+            "guid": guid,
+            "fileName": f"file-{index}.pdf",
+            "fileExtension": "pdf",
+            "fileSize": 10_000 + index,
+            "fileURL": f"https://{FILE_HOST}/attachments/{guid}?sig=abc",
+            "fileLocalPath": f"/data/{guid}.pdf",
+        }
+        events.append((source, body))
+    return events
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by each process of interest (and this one) between marks."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.used = dict.fromkeys([*pids, "bench client"], 0.0)
+        self._start: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {name: _cpu_seconds(pid) for name, pid in self.pids.items()} | {"bench client": time.process_time()}
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> None:
+        for name, value in self._now().items():
+            self.used[name] += value - self._start[name]
+
+
+@dataclass
+class Run:
+    latencies: list[float]
+    elapsed: float
+    failures: int
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.elapsed
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _drive(
+    count: int, send: Callable[[int], Awaitable[bool]], meter: CpuMeter | None = None, concurrency: int = CONCURRENCY
+) -> Run:
+    """``count`` calls of ``send(i)`` with CONCURRENCY in flight; per-call latency and wall time."""
+    latencies: list[float] = []
+    failures = 0
+    cursor = iter(range(count))
+
+    async def worker() -> None:
+        nonlocal failures
+        for index in cursor:
+            started = time.perf_counter()
+            ok = await send(index)
+            latencies.append(time.perf_counter() - started)
+            failures += not ok
+
+    if meter:
+        meter.start()
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    if meter:
+        meter.stop()
+    return Run(latencies, elapsed, failures)
+
+
+def _merge(runs: list[Run]) -> Run:
+    return Run(
+        [x for run in runs for x in run.latencies],
+        sum(run.elapsed for run in runs),
+        sum(run.failures for run in runs),
+    )
+
+
+@contextlib.contextmanager
+def _devstack() -> Iterator[Devstack]:
+    existing = os.environ.get("FILESCAN_TEST_DEVSTACK_DIR")
+    if existing:
+        yield Devstack.load(Path(existing))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-webhook-") as directory:
+        stack = Devstack.up(Path(directory), audit=False)
+        try:
+            yield stack
+        finally:
+            stack.down()
+
+
+@contextlib.contextmanager
+def _webhook(stack: Devstack, namespace: str) -> Iterator[tuple[str, int]]:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FILESCAN_")} | {
+        "KUBECONFIG": str(stack.kubeconfig),
+        "FILESCAN_NAMESPACE": namespace,
+        "FILESCAN_WEBHOOK_TOKENS": TOKEN,
+        "FILESCAN_ALLOWED_FILE_HOSTS": FILE_HOST,
+    }
+    with tempfile.NamedTemporaryFile(prefix="bench-webhook-", suffix=".log", delete=False) as log:
+        process = subprocess.Popen(
+            [str(FILESCAN), "webhook", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the webhook did not become ready; see {log.name}")
+            time.sleep(0.2)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        Path(log.name).unlink(missing_ok=True)
+
+
+@dataclass
+class Results:
+    hook: Run
+    direct: Run
+    hook_cpu: CpuMeter
+    direct_cpu: CpuMeter
+    hook_idle: Run
+    direct_idle: Run
+
+
+async def _measure(
+    stack: Devstack, webhook_url: str, webhook_pid: int, ns_webhook: str, ns_direct: str, count: int
+) -> Results:
+    credentials = KubeCredentials.from_environment()
+    # Several small pools rather than one of 32: httpx's pool costs grow with the square of its size,
+    # and the load generator should spend as little CPU as it can on either side.
+    per_shard = CONCURRENCY // SHARDS
+    limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
+    idle = min(200, count)
+    events = _events(count + WARMUP + idle)
+    # The direct side sends what the webhook would store: the same drafts, built up front.
+    drafts = [filescan_draft(parse_event(source, body)) for source, body in events]  # type: ignore[arg-type]
+    bodies = [
+        json.dumps(
+            {"apiVersion": API_VERSION, "kind": FILESCAN_KIND, "metadata": {"name": d.name}, "spec": d.spec}
+        ).encode()
+        for d in drafts
+    ]
+    event_bodies = [json.dumps(body).encode() for _, body in events]
+    async with contextlib.AsyncExitStack() as clients:
+        hooks = [
+            await clients.enter_async_context(httpx.AsyncClient(base_url=webhook_url, limits=limits, timeout=30))
+            for _ in range(SHARDS)
+        ]
+        apis = [
+            await clients.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=credentials.server, verify=credentials.verify, limits=limits, timeout=30, trust_env=False
+                )
+            )
+            for _ in range(SHARDS)
+        ]
+        api = apis[0]
+        auth = credentials.authorization()
+        api_headers = {"Content-Type": "application/json", **({"Authorization": auth} if auth else {})}
+        hook_headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+        create_path = f"/apis/{API_VERSION}/namespaces/{ns_direct}/filescans"
+
+        def through_webhook(offset: int) -> Callable[[int], Awaitable[bool]]:
+            async def send(index: int) -> bool:
+                source = events[offset + index][0]
+                answer = await hooks[index % SHARDS].post(
+                    f"/webhooks/{source}", content=event_bodies[offset + index], headers=hook_headers
+                )
+                return answer.status_code == 200 and answer.json()["result"] == "delay"
+
+            return send
+
+        def direct(offset: int) -> Callable[[int], Awaitable[bool]]:
+            async def send(index: int) -> bool:
+                answer = await apis[index % SHARDS].post(
+                    create_path, content=bodies[offset + index], headers=api_headers
+                )
+                return answer.status_code == 201
+
+            return send
+
+        await _drive(WARMUP, through_webhook(count))
+        await _drive(WARMUP, direct(count))
+        pids = {"apiserver": stack.pids["kube-apiserver"], "etcd": stack.pids["etcd"]}
+        hook_cpu, direct_cpu = CpuMeter(pids | {"webhook": webhook_pid}), CpuMeter(pids)
+        half = count // 2
+        hook_runs, direct_runs = [], []
+        for offset, size in ((0, half), (half, count - half)):
+            hook_runs.append(await _drive(size, lambda i, o=offset: through_webhook(o)(i), hook_cpu))
+            direct_runs.append(await _drive(size, lambda i, o=offset: direct(o)(i), direct_cpu))
+        # The latency the webhook adds when nothing queues: one event at a time.
+        base = count + WARMUP
+        hook_idle = await _drive(idle, lambda i: through_webhook(base)(i), concurrency=1)
+        direct_idle = await _drive(idle, lambda i: direct(base)(i), concurrency=1)
+        for namespace in (ns_webhook, ns_direct):
+            listed = await api.get(f"/apis/{API_VERSION}/namespaces/{namespace}/filescans", headers=api_headers)
+            stored = len(listed.json()["items"])
+            if stored != count + WARMUP + idle:
+                raise RuntimeError(f"{namespace} holds {stored} FileScans, expected {count + WARMUP + idle}")
+    return Results(_merge(hook_runs), _merge(direct_runs), hook_cpu, direct_cpu, hook_idle, direct_idle)
+
+
+def _machine() -> str:
+    memory = ""
+    with contextlib.suppress(OSError):
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f", {kib / 1024 / 1024:.0f} GiB"
+    distro = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                distro = ", " + line.split("=", 1)[1].strip('"')
+    return f"{os.cpu_count()} cores{memory}{distro}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    count = int(os.environ.get("FILESCAN_BENCH_EVENTS", "2000"))
+    with _devstack() as stack:
+        os.environ["KUBECONFIG"] = str(stack.kubeconfig)
+        stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        stack.kubectl("wait", "--for=condition=Established", "crd/filescans.comm100.io", "--timeout=60s")
+        suffix = uuid.uuid4().hex[:6]
+        ns_webhook, ns_direct = f"bench-webhook-{suffix}", f"bench-direct-{suffix}"
+        for namespace in (ns_webhook, ns_direct):
+            stack.kubectl("create", "namespace", namespace)
+        try:
+            with _webhook(stack, ns_webhook) as (url, pid):
+                results = asyncio.run(_measure(stack, url, pid, ns_webhook, ns_direct, count))
+        finally:
+            for namespace in (ns_webhook, ns_direct):
+                stack.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+    hook, direct = results.hook, results.direct
+    print(f"{time.strftime('%Y-%m-%d')}, {_machine()}")
+    print(f"{count} events, concurrency {CONCURRENCY}, after {WARMUP} warm-up events each")
+    print(f"{'':10} {'events/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6}")
+    for label, run in (("webhook", hook), ("apiserver", direct)):
+        print(
+            f"{label:10} {run.rate:9.0f} {run.percentile(0.5) * 1000:7.1f} "
+            f"{run.percentile(0.99) * 1000:7.1f} {run.failures:6d}"
+        )
+    ratio = hook.rate / direct.rate
+    p99 = hook.percentile(0.99) * 1000
+    print(f"ratio {ratio:.2f} (goal >= 0.80): {'met' if ratio >= 0.8 else 'NOT met'}")
+    print(f"webhook p99 {p99:.1f} ms (goal < 50): {'met' if p99 < 50 else 'NOT met'}")
+    print("CPU ms per event:")
+    for label, meter, runs in (("webhook", results.hook_cpu, hook), ("apiserver", results.direct_cpu, direct)):
+        parts = ", ".join(f"{name} {used / len(runs.latencies) * 1000:.2f}" for name, used in meter.used.items())
+        print(f"  {label:10} {parts}")
+    print(f"one at a time ({len(results.hook_idle.latencies)} events), p50 / p99 ms:")
+    for label, run in (("webhook", results.hook_idle), ("apiserver", results.direct_idle)):
+        print(f"  {label:10} {run.percentile(0.5) * 1000:.1f} / {run.percentile(0.99) * 1000:.1f}")
+    print(f"mean latency at concurrency {CONCURRENCY}: webhook {statistics.fmean(hook.latencies) * 1000:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
