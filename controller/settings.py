@@ -174,6 +174,11 @@ class ScanJobSettings(_Group):
     kueue_queue_name: str = ""
     """When set, Jobs are created suspended with ``kueue.x-k8s.io/queue-name`` and Kueue admits them."""
 
+    @field_validator("scan_command", mode="before")
+    @classmethod
+    def _split_command(cls, value: Any) -> Any:
+        return _split_csv(value)
+
     @field_validator("scan_active_deadline", "scan_ttl_after_finished", mode="before")
     @classmethod
     def _durations(cls, value: Any) -> Any:
