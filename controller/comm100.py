@@ -16,10 +16,13 @@ Design decisions:
   FileScans failing together do not retry in lockstep. ``Retry-After`` (seconds or HTTP-date) is
   obeyed exactly, never shortened. A delay that would end past the policy's ``max_elapsed`` is not
   slept: the error is raised with that delay as ``suggested_delay`` so the caller can requeue.
-* The pacer is a sliding-window log: a call may start only when fewer than N calls started in the
-  last period. Unlike a token bucket of size N (which lets 2N through in one window), this can never
-  exceed N in *any* window, whichever way Comm100 counts, yet it still lets a burst of N through at
-  once instead of spacing every call by period/N (which would hold 300 reports for 5 minutes).
+* The pacer is a sliding-window log: a call may start only when fewer than N calls are in flight
+  or ended less than a period ago. Counting a call until a period after it *ended* (not started)
+  keeps the limit on Comm100's side too, where a request that waited for a connection arrives late
+  (the fault suite saw 10 arrivals in a 2 s window with 8 allowed when starts were counted). Unlike
+  a token bucket of size N (which lets 2N through in one window), this can never exceed N in *any*
+  window, yet it still lets a burst of N through at once instead of spacing every call by period/N
+  (which would hold 300 reports for 5 minutes).
   Each attempt, retries included, takes a slot; waiters are served in order (an ``asyncio.Lock``).
 * The bearer token comes from the token file when one is set, re-read whenever its identity
   (inode, mtime, size) changes and after every 401/403, so a rotated Kubernetes Secret takes effect
@@ -35,13 +38,13 @@ Design decisions:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import random
 import re
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -296,7 +299,16 @@ async def call_with_retries(
 
 
 class Pacer:
-    """At most ``calls`` starts in any window of ``period`` seconds, shared by every caller."""
+    """At most ``calls`` calls in any window of ``period`` seconds, shared by every caller.
+
+    A call holds its slot from the moment it starts until ``period`` after it *ended* (see
+    :meth:`slot`). Counting from the start alone is not enough: a request that waited for a
+    connection, or was slow on the wire, reaches Comm100 later than it started, and a window on
+    Comm100's side could then see more than ``calls`` of them.
+    """
+
+    _POLL = 0.05
+    """How often a waiter looks again while every slot is held by a call still in flight."""
 
     def __init__(
         self,
@@ -312,21 +324,36 @@ class Pacer:
         self.period = period
         self._clock = clock
         self._sleep = sleep
-        self._starts: deque[float] = deque()
+        self._held: list[list[float | None]] = []  # [end] per slot; None while the call is in flight
         self._lock = asyncio.Lock()
 
-    async def acquire(self) -> float:
-        """Wait for a slot and take it; return the seconds waited."""
+    async def _take(self) -> tuple[float, list[float | None]]:
         async with self._lock:
             asked = self._clock()
             while True:
                 now = self._clock()
-                while self._starts and now - self._starts[0] >= self.period:
-                    self._starts.popleft()
-                if len(self._starts) < self.calls:
-                    self._starts.append(now)
-                    return now - asked
-                await self._sleep(self._starts[0] + self.period - now)
+                self._held = [h for h in self._held if h[0] is None or now - h[0] < self.period]
+                if len(self._held) < self.calls:
+                    entry: list[float | None] = [None]
+                    self._held.append(entry)
+                    return now - asked, entry
+                ends = [h[0] for h in self._held if h[0] is not None]
+                await self._sleep(min(ends) + self.period - now if ends else self._POLL)
+
+    async def acquire(self) -> float:
+        """Take a slot for a call that ends at once; return the seconds waited."""
+        waited, entry = await self._take()
+        entry[0] = self._clock()
+        return waited
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[float]:
+        """Hold a slot for the duration of one call (yields the seconds waited for it)."""
+        waited, entry = await self._take()
+        try:
+            yield waited
+        finally:
+            entry[0] = self._clock()
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,13 +525,13 @@ class Comm100Client:
             token = self._token.get()
         except _NoToken as exc:
             raise Comm100AuthError(f"{method} {path}: {exc}", method=method, path=path) from None
-        waited = await self.pacer.acquire()
-        if waited > 0:
-            log.debug("%s %s waited %.2fs for the Comm100 rate limit", method, path, waited)
         try:
-            response = await self._http.request(
-                method, path, json=body, headers={"Authorization": f"Bearer {token}"}
-            )
+            async with self.pacer.slot() as waited:
+                if waited > 0:
+                    log.debug("%s %s waited %.2fs for the Comm100 rate limit", method, path, waited)
+                response = await self._http.request(
+                    method, path, json=body, headers={"Authorization": f"Bearer {token}"}
+                )
         except httpx.RequestError as exc:
             CALLS.labels(method, "transport").inc()
             detail = self._safe(f"{type(exc).__name__}: {exc}".rstrip(": "))

@@ -506,3 +506,12 @@ async def test_calls_are_counted_by_method_and_code(
     assert calls_metric("PUT", "503") - before["503"] == 1
     assert calls_metric("PUT", "200") - before["200"] == 1
     assert calls_metric("DELETE", "204") - before_delete == 1
+
+
+async def test_pacer_holds_a_slot_until_a_period_after_the_call_ended(fake_time: FakeTime) -> None:
+    # A call that reached Comm100 late must still count in Comm100's window: the slot frees a full
+    # period after the call ended, not after it started.
+    pacer = Pacer(1, 10.0, clock=fake_time.clock, sleep=fake_time.sleep)
+    async with pacer.slot():
+        await fake_time.sleep(4.0)  # the call itself takes 4 s
+    assert await pacer.acquire() == 10.0
