@@ -63,7 +63,7 @@ class _Runtime:
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     """Every kopf setting we change, and why."""
     # Our names, not kopf's, on anything kopf might write (we register no handler that does).
     settings.persistence.finalizer = f"{GROUP}/filescan-operator"
@@ -79,6 +79,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if not settings.peering.standalone:
         settings.peering.name = PEERING_NAME
         settings.peering.mandatory = True
+        lifetime = memo["runtime"].settings.operator.peering_lifetime
+        settings.peering.lifetime = max(1, int(lifetime.total_seconds()))
     # Reconnect watches well before load balancers cut idle connections.
     settings.watching.server_timeout = 240
     settings.watching.client_timeout = 300

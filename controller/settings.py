@@ -250,8 +250,11 @@ class OperatorSettings(_Group):
     """Scan attempts before the verdict becomes ``error``; permanent errors are not retried."""
     retention: dt.timedelta = dt.timedelta(hours=96)
     """How long a finished FileScan is kept; longer than Comm100's ~3-day repost window."""
+    peering_lifetime: dt.timedelta = dt.timedelta(seconds=60)
+    """How long a silent replica still counts as alive in kopf's peering, and so roughly how long
+    a standby waits before taking over from an active replica that died without a word."""
 
-    @field_validator("retention", mode="before")
+    @field_validator("retention", "peering_lifetime", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return parse_duration(value)

@@ -173,6 +173,22 @@ class ClamdProcess:
                 self.process.wait(timeout)
         self.unix_socket.unlink(missing_ok=True)
 
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start clamd again after :meth:`stop`, with the same config and so the same address
+        (the fault tests take clamd away and bring it back)."""
+        if self.process.poll() is None:
+            return
+        with (self.workdir / "clamd.out").open("ab") as out:
+            self.process = subprocess.Popen(
+                [str(CLAMD_BINARY), "--config-file", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._stopped = False
+        self._wait_until_ready(timeout)
+
     def __enter__(self) -> ClamdProcess:
         return self
 

@@ -118,7 +118,8 @@ class Flow:
     operator: Program
     webhook: Program
     owns_clamd: bool = True
-    extra_operators: list[Program] = field(default_factory=list)
+    operators: list[Program] = field(default_factory=list)
+    """Every operator replica; :attr:`operator` is the first."""
 
     @classmethod
     @contextlib.contextmanager
@@ -131,8 +132,11 @@ class Flow:
         settings: Mapping[str, str] | None = None,
         clamd: ClamdProcess | None = None,
         webhook: bool = True,
+        operators: list[tuple[str, ...]] | None = None,
     ) -> Iterator[Flow]:
-        """Start everything (the CRD and namespace too, if missing); stop it all on exit."""
+        """Start everything (the CRD and namespace too, if missing); stop it all on exit.
+
+        ``operators`` gives each replica's extra arguments (default: one ``--standalone``)."""
         workdir.mkdir(parents=True, exist_ok=True)
         install_crd(stack)
         if stack.kubectl("get", "namespace", namespace, check=False).returncode != 0:
@@ -141,11 +145,14 @@ class Flow:
         clamd = clamd or ClamdProcess.start(workdir / "clamd")
         sim = Comm100Simulator(token=COMM100_TOKEN).start()
         env = base_env(stack, namespace, clamd, sim) | dict(settings or {})
-        operator = operator_program(workdir, env, "operator")
+        replicas = [operator_program(workdir, env, f"operator-{i}", *args)
+                    for i, args in enumerate(operators or [("--standalone",)])]
         hook = webhook_program(workdir, env)
-        flow = cls(stack, namespace, workdir, clamd, sim, operator, hook, owns_clamd=own_clamd)
+        flow = cls(stack, namespace, workdir, clamd, sim, replicas[0], hook, owns_clamd=own_clamd,
+                   operators=replicas)
         try:
-            operator.start()
+            for replica in replicas:
+                replica.start()
             if webhook:
                 hook.start()
             yield flow
@@ -153,7 +160,7 @@ class Flow:
             flow.stop()
 
     def stop(self) -> None:
-        for program in [self.webhook, self.operator, *self.extra_operators]:
+        for program in [self.webhook, *self.operators]:
             program.stop()
         self.sim.stop()
         if self.owns_clamd:
