@@ -494,3 +494,12 @@ class KubeClient:
             "POST", f"/api/v1/namespaces/{quote(meta['namespace'], safe='')}/events",
             what=f"create Event {reason} for {meta['name']}", body=event,
         )
+
+    async def get_kopf_peering(self, namespace: str, name: str) -> JSONObject:
+        """kopf's peering record (``kopf.dev/v1`` KopfPeering): which replicas are alive."""
+        response = await self._request(
+            "GET", f"/apis/kopf.dev/v1/namespaces/{quote(namespace, safe='')}/kopfpeerings/{quote(name, safe='')}",
+            what=f"get KopfPeering {namespace}/{name}",
+        )
+        peering: JSONObject = response.json()
+        return peering

@@ -159,3 +159,24 @@ def retry_delay(failed_attempts: int) -> dt.timedelta:
     """Backoff before the next attempt: 5 s, 10 s, 20 s … capped at 5 minutes."""
     seconds = RETRY_BASE.total_seconds() * 2.0 ** max(0, failed_attempts - 1)
     return dt.timedelta(seconds=min(seconds, RETRY_MAX.total_seconds()))
+
+
+def peering_allows(
+    peers: Mapping[str, Any], identity: str, priority: int, now: dt.datetime
+) -> bool:
+    """Whether kopf's peering record lets this replica act, by kopf's own rule: it must not see
+    another live replica of higher or equal priority (equal priorities pause everyone)."""
+    for other, info in peers.items():
+        if other == identity or not isinstance(info, Mapping):
+            continue
+        try:
+            seen = dt.datetime.fromisoformat(str(info["lastseen"]))
+            lifetime = dt.timedelta(seconds=int(info.get("lifetime", 60)))
+            other_priority = int(info.get("priority", 0))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if seen.tzinfo is None:
+            seen = seen.replace(tzinfo=dt.UTC)
+        if seen + lifetime > now and other_priority >= priority:
+            return False
+    return True

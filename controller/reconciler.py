@@ -137,6 +137,8 @@ class Reconciler:
     comm100: Comm100Client
     workers: int = 16
     clock: Callable[[], dt.datetime] = utcnow
+    gate: Callable[[], bool] = lambda: True
+    """False while another replica is active (peering): this one then admits and reports nothing."""
     filescans: dict[str, JSON] = field(default_factory=dict)
     jobs: dict[str, JSON] = field(default_factory=dict)
     _pending_jobs: dict[str, float] = field(default_factory=dict)
@@ -237,6 +239,9 @@ class Reconciler:
     async def _admission_loop(self) -> None:
         while True:
             timeout: float | None = None
+            if not self.gate():
+                await asyncio.sleep(1.0)
+                continue
             try:
                 timeout = await self.admit_queued_scans()
             except Exception:
@@ -302,6 +307,10 @@ class Reconciler:
     async def _worker(self) -> None:
         while True:
             name = await self._queue.get()
+            if not self.gate():
+                self._queue.add(name, 1.0)
+                self._queue.done(name)
+                continue
             try:
                 delay = await self.reconcile(name)
                 if delay is not None:

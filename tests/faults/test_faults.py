@@ -15,7 +15,7 @@ from typing import Any
 
 from devstack.cluster import Devstack
 from tests.faults.ledger import Ledger
-from tests.fixtures.operator import FlowFactory
+from tests.fixtures.operator import FlowFactory, JobWatcher
 from tests.fixtures.waiting import wait_for
 
 # Short backoffs so that retried scans finish within a test's time.
@@ -70,21 +70,24 @@ def test_operator_killed_repeatedly_while_a_standby_takes_over(
     cluster.kubectl("wait", "--for", "condition=established", "crd/kopfpeerings.kopf.dev")
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=(
         "apiVersion: kopf.dev/v1\nkind: KopfPeering\nmetadata:\n  name: filescan-operator\n"))
-    peering = {"FILESCAN_PEERING_LIFETIME": "4s", "FILESCAN_MAX_CONCURRENT_SCANS": "4"}
-    with run_flow(peering, webhook=True, operators=[("--priority", "100"), ("--priority", "50")]) as flow:
+    limit, lifetime = 4, 4
+    settings = {"FILESCAN_PEERING_LIFETIME": f"{lifetime}s", "FILESCAN_MAX_CONCURRENT_SCANS": str(limit)}
+    replicas = [("--priority", "100"), ("--priority", "50")]
+    with run_flow(settings, webhook=True, operators=replicas) as flow, JobWatcher(cluster, namespace) as jobs:
         ledger = Ledger(flow)
         uploads = ledger.new_uploads(30)
-        active, standby = flow.operators[0], flow.operators[1]
+        primary = flow.operators[0]
         for round_number in range(3):
             for upload in uploads[round_number * 10:(round_number + 1) * 10]:
                 ledger.post(upload)
             time.sleep(1.5)
-            active.kill()  # SIGKILL: no clean-up, the peering record goes stale
-            active.argv[active.argv.index("--priority") + 1] = str(40 - round_number)  # back as the standby
-            active.start()
-            active, standby = standby, active
+            primary.kill()  # SIGKILL: no clean-up, its peering record just goes stale
+            time.sleep(lifetime + 1)  # the standby takes over mid-burst
+            primary.start()  # back at the higher priority, as a restarted pod would be: the
+            # standby, already running its loops, must step back (the reconciler's peering gate)
         ledger.repost_until_acknowledged()
         ledger.reconcile()
+        assert jobs.peak <= limit, f"{jobs.peak} scan Jobs ran at once with a limit of {limit}"
 
 
 def test_clamd_down_for_a_while_then_back(run_flow: FlowFactory, cluster: Devstack) -> None:
