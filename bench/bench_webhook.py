@@ -270,12 +270,12 @@ async def _measure(
         half = count // 2
         hook_runs, direct_runs = [], []
         for offset, size in ((0, half), (half, count - half)):
-            hook_runs.append(await _drive(size, lambda i, o=offset: through_webhook(o)(i), hook_cpu))
-            direct_runs.append(await _drive(size, lambda i, o=offset: direct(o)(i), direct_cpu))
+            hook_runs.append(await _drive(size, through_webhook(offset), hook_cpu))
+            direct_runs.append(await _drive(size, direct(offset), direct_cpu))
         # The latency the webhook adds when nothing queues: one event at a time.
         base = count + WARMUP
-        hook_idle = await _drive(idle, lambda i: through_webhook(base)(i), concurrency=1)
-        direct_idle = await _drive(idle, lambda i: direct(base)(i), concurrency=1)
+        hook_idle = await _drive(idle, through_webhook(base), concurrency=1)
+        direct_idle = await _drive(idle, direct(base), concurrency=1)
         for namespace in (ns_webhook, ns_direct):
             listed = await api.get(f"/apis/{API_VERSION}/namespaces/{namespace}/filescans", headers=api_headers)
             stored = len(listed.json()["items"])

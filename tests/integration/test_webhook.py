@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from controller.events import filescan_name
@@ -36,7 +37,8 @@ SOURCES = ("ticket", "livechat")
 
 
 def _fields(body: dict[str, Any]) -> dict[str, Any]:
-    return body.get("payload", body)
+    fields: dict[str, Any] = body.get("payload", body)
+    return fields
 
 
 def assert_not_stored(cluster: Any, webhook: WebhookProcess, source: str, guid: str) -> None:
@@ -343,19 +345,20 @@ def test_logs_are_json_one_line_per_request_without_secrets(cluster: Any, webhoo
     assert webhook.post("ticket", body, token=WEBHOOK_TOKENS[1], how="header").status_code == 200
     webhook.post("ticket", event_body("ticket"), token="tok-wrong-but-secret-123", how="query")
 
-    def our_lines() -> list[dict[str, Any]]:
+    def our_lines() -> list[dict[str, Any]] | None:
         lines = [json.loads(line) for line in webhook.logs().splitlines() if line.strip()]
-        return [line for line in lines if line.get("guid") == guid]
+        ours = [line for line in lines if line.get("guid") == guid]
+        return ours if len(ours) == 2 else None
 
-    lines = wait_for(lambda: len(our_lines()) == 2 and our_lines(), timeout=10, what="two log lines for the guid")
+    lines = wait_for(our_lines, timeout=10, what="two log lines for the guid")
     assert [line["outcome"] for line in lines] == ["created", "duplicate"]
     for line in lines:
         assert line["source"] == "ticket" and line["status"] == 200
         assert isinstance(line["latency_ms"], float)
 
     text = webhook.logs()
-    for line in text.splitlines():
-        json.loads(line)  # every line, uvicorn's included, is JSON
+    for raw in text.splitlines():
+        json.loads(raw)  # every line, uvicorn's included, is JSON
     for secret in (*WEBHOOK_TOKENS, "tok-wrong-but-secret-123", "s3cr3t-signature", "?token=", "?sig="):
         assert secret not in text, f"{secret!r} leaked into the logs"
 
@@ -457,8 +460,13 @@ def test_apiserver_down_is_503_and_the_repost_is_stored(cluster: Any, filescan_c
                 cluster.start_process("kube-apiserver")
 
             assert get_filescan(cluster, namespace, name) is None, "a 503 was answered: nothing is stored"
+
+            def stored_repost() -> httpx.Response | None:
+                answer = webhook.post("ticket", body)
+                return answer if answer.status_code == 200 else None
+
             repost = wait_for(
-                lambda: (r := webhook.post("ticket", body)).status_code == 200 and r,
+                stored_repost,
                 timeout=30,
                 what="the repost to be stored once the apiserver is back",
                 interval=0.5,
