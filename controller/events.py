@@ -80,7 +80,10 @@ class _Envelope(_Model):
             return None
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC)
+        try:
+            return value.astimezone(dt.UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: a ValueError is a 422, not a 500
+            raise ValueError("out of range once converted to UTC") from None
 
 
 class _FileFields(_Model):
