@@ -35,10 +35,11 @@ import contextlib
 import json
 import operator
 import os
+import shutil
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,8 @@ def main() -> None:
             burst = _burst(stack, work, clamd, count)
         finally:
             clamd.stop()
+        if os.environ.get("BENCH_WORKDIR"):  # kept for profiling: the audit log and every timing
+            shutil.copy(stack.audit_log, work / "audit.log")
     print(f"{load_average()} after the run")
 
     _slots(solo, LIMIT)
@@ -258,6 +261,8 @@ def main() -> None:
     solo_p50 = _breakdown(solo, f"One at a time ({SOLO})")
     t = burst.timings
     _slots(t, LIMIT)
+    if os.environ.get("BENCH_WORKDIR"):
+        (work / "timings.json").write_text(json.dumps({"solo": asdict(solo), "burst": asdict(t)}))
     print()
     print(f"Burst: {count} FileScans created in {burst.creates_done - burst.started:.1f} s, limit {LIMIT}")
     print(f"  all Done after {burst.all_done - burst.started:.1f} s "
