@@ -334,7 +334,15 @@ def open_download(client: httpx.Client, url: str, policy: FetchPolicy) -> Iterat
             current,
             headers={"Accept-Encoding": "identity", "User-Agent": "filescan-operator scanner"},
         )
-        response = client.send(request, stream=True)
+        try:
+            response = client.send(request, stream=True)
+        except httpx.RemoteProtocolError as error:
+            # httpx parses a redirect's Location even when not following it, and reports one it
+            # cannot parse (``0177.0.0.1``, a tab) as a protocol error: that is a refused redirect,
+            # and the same answer would meet a retry.
+            if isinstance(error.__context__, httpx.InvalidURL):
+                raise _permanent("url-refused", f"redirect from {redact_url(current)} to an invalid URL") from None
+            raise
         try:
             if response.status_code in _REDIRECT_STATUSES:
                 location = response.headers.get("location")
