@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from devstack.build import ensure_binaries
+from scripts import build_helm4, pin_requirements, render_bundle, values_reference
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "filescan-operator"
@@ -27,12 +28,6 @@ SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 KUBE_VERSION = "1.37.2"
 CHECKOV = REPO / ".venv" / "tools" / "checkov" / "bin" / "checkov"
 HADOLINT = Path(sys.executable).parent / "hadolint"
-
-sys.path.insert(0, str(REPO / "scripts"))
-import build_helm4  # noqa: E402
-import pin_requirements  # noqa: E402
-import render_bundle  # noqa: E402
-import values_reference  # noqa: E402
 
 
 @pytest.fixture(scope="module")

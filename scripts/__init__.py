@@ -1,0 +1,1 @@
+"""Maintenance scripts: generated files (bundle, requirements, README reference) and tool builds."""
