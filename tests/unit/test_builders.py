@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -235,7 +236,9 @@ def test_resources_come_from_the_settings(settings: ScanJobSettings, expected: d
 def test_deadline_and_ttl_come_from_the_settings(
     deadline: str | None, ttl: str | None, expected_deadline: int, expected_ttl: int
 ) -> None:
-    fields = {k: v for k, v in (("scan_active_deadline", deadline), ("scan_ttl_after_finished", ttl)) if v}
+    fields: dict[str, Any] = {
+        k: v for k, v in (("scan_active_deadline", deadline), ("scan_ttl_after_finished", ttl)) if v
+    }
     spec = build(job=ScanJobSettings(**fields))["spec"]
     assert spec["activeDeadlineSeconds"] == expected_deadline
     assert spec["ttlSecondsAfterFinished"] == expected_ttl
@@ -256,7 +259,7 @@ def test_scan_command_from_the_environment_is_comma_separated(monkeypatch: pytes
 
 # ---- placement -------------------------------------------------------------------------------
 
-PLACEMENT = {
+PLACEMENT: dict[str, Any] = {
     "scan_node_selector": {"pool": "scan"},
     "scan_tolerations": [{"key": "scan", "operator": "Exists", "effect": "NoSchedule"}],
     "scan_affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
@@ -327,6 +330,9 @@ def test_without_kueue_jobs_start_at_once() -> None:
 # ---- the scanner's program -------------------------------------------------------------------
 
 
+AS_ENV_GIVES_IT: dict[str, Any] = {"allowed_file_hosts": "a.test, .cdn.test"}
+
+
 @pytest.mark.parametrize(
     ("scanner", "fetch", "expected"),
     [
@@ -339,8 +345,8 @@ def test_without_kueue_jobs_start_at_once() -> None:
         ),
         (
             ScannerSettings(scan_engine="clamscan", clamd_address="unix:/run/clamd.sock",
-                            clamscan_database="/var/lib/clamav"),
-            FetchPolicy(allowed_file_hosts="a.test, .cdn.test", allow_http=True, max_file_size=2048),
+                            clamscan_database=Path("/var/lib/clamav")),
+            FetchPolicy(**AS_ENV_GIVES_IT, allow_http=True, max_file_size=2048),
             {"FILESCAN_SCAN_ENGINE": "clamscan", "FILESCAN_CLAMD_ADDRESS": "unix:/run/clamd.sock",
              "FILESCAN_ALLOWED_FILE_HOSTS": "a.test,.cdn.test", "FILESCAN_ALLOW_HTTP": "true",
              "FILESCAN_MAX_FILE_SIZE": "2048", "FILESCAN_CLAMSCAN_DATABASE": "/var/lib/clamav"},
