@@ -69,6 +69,7 @@ def build_scan_job(
     if job.kueue_queue_name:
         labels |= {KUEUE_QUEUE_LABEL: job.kueue_queue_name}
     env = [
+        {"name": "FILESCAN_SCAN_URL", "value": spec["fileURL"]},
         {"name": "FILESCAN_SCAN_ENGINE", "value": scanner.scan_engine},
         {"name": "FILESCAN_CLAMD_ADDRESS", "value": scanner.clamd_address},
         {"name": "FILESCAN_ALLOWED_FILE_HOSTS", "value": ",".join(fetch.allowed_file_hosts)},
@@ -83,7 +84,9 @@ def build_scan_job(
         "image": job.scan_image,
         "imagePullPolicy": "IfNotPresent",
         "command": list(job.scan_command),
-        "args": ["--url", spec["fileURL"], "--expected-size", str(spec["fileSize"])],
+        # The URL goes in the environment, not argv: a signed URL's query string is a secret, and
+        # argv shows in process lists on the node and in runtime logs.
+        "args": ["--expected-size", str(spec["fileSize"])],
         "env": env,
         "resources": {
             "requests": {"cpu": job.scan_cpu_request, "memory": job.scan_memory_request},

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--standalone", action="store_true", help="no peering (single replica)")
 
     scan = commands.add_parser("scan", help="scan one file (the scan Job's program)")
-    scan.add_argument("--url", required=True, help="the file to fetch")
+    scan.add_argument("--url", default=None, help="the file to fetch (default: $FILESCAN_SCAN_URL)")
     scan.add_argument("--expected-size", type=int, default=None, help="bytes Comm100 says the file has")
     scan.add_argument("--engine", choices=["clamd", "clamscan"], default=None)
     scan.add_argument("--clamd-address", default=None, help="tcp://HOST:PORT or unix:PATH")

@@ -401,13 +401,22 @@ class KubeClient:
     # -- the operator's calls -----------------------------------------------------------------
     # FileScan status, scan Jobs, their pods and Events. kopf watches; these read and write.
 
-    async def patch_filescan_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> JSONObject:
-        """Merge-patch the status subresource (``None`` values remove fields); returns the object."""
+    async def patch_filescan_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], *, resource_version: str | None = None
+    ) -> JSONObject:
+        """Merge-patch the status subresource (``None`` values remove fields); returns the object.
+
+        With ``resource_version`` the patch applies only to that version of the object
+        (:class:`KubeConflict` otherwise), for writes that must not overtake another one.
+        """
+        body: JSONObject = {"status": dict(status)}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         response = await self._request(
             "PATCH",
             self._filescans_path(namespace, name) + "/status",
             what=f"patch FileScan {namespace}/{name} status",
-            body={"status": dict(status)},
+            body=body,
             content_type="application/merge-patch+json",
         )
         patched: JSONObject = response.json()

@@ -83,6 +83,10 @@ _CLAMSCAN_LIMIT_CEILING = 4000 * 1024 * 1024  # clamscan's limits are 32-bit
 log = logging.getLogger("filescan.scanner")
 
 
+
+SCAN_URL_ENV = "FILESCAN_SCAN_URL"
+"""Where the scan Job puts the file's URL (``--url`` wins when given)."""
+
 class ScanFailed(Exception):
     """No verdict: ``retryable`` chooses exit 2 over 3; ``reason`` is a stable code for the operator."""
 
@@ -128,8 +132,13 @@ class ScanRequest:
         max_bytes: int = policy.max_file_size if args.max_bytes is None else args.max_bytes
         if max_bytes < 0 or (args.expected_size is not None and args.expected_size < 0):
             raise _permanent("bad-configuration", "--max-bytes and --expected-size must not be negative")
+        # The scan Job passes the URL in the environment, not in argv: a signed URL carries its
+        # secret in the query string, and argv shows in process lists and runtime logs.
+        url = args.url or os.environ.get(SCAN_URL_ENV, "")
+        if not url:
+            raise _permanent("bad-configuration", f"no file to scan: give --url or set {SCAN_URL_ENV}")
         return cls(
-            url=args.url,
+            url=url,
             expected_size=args.expected_size,
             max_bytes=max_bytes,
             engine=args.engine or scanner.scan_engine,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from devstack.cluster import Devstack
@@ -163,9 +163,18 @@ def _failed(job: dict[str, Any]) -> str | None:
 
 
 def _scanner_pid(url: str) -> int | None:
-    found = subprocess.run(["pgrep", "-f", f"filescan scan --url {url}"], capture_output=True, text=True, check=False)
-    pids = [int(p) for p in found.stdout.split()]
-    return pids[0] if pids else None
+    """The scan process for ``url`` (the Job passes it in FILESCAN_SCAN_URL, not in argv)."""
+    wanted = f"FILESCAN_SCAN_URL={url}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0") and \
+                    b"scan" in (entry / "cmdline").read_bytes().split(b"\0"):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
 
 
 def _eicar() -> bytes:

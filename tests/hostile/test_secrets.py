@@ -168,15 +168,7 @@ PLACES = [
     "webhook /metrics",
     "operator /metrics",
     "scan pod logs",
-    pytest.param(
-        "pod runner log",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="known leak: the scan Job passes the signed fileURL as a container argument "
-            "(controller/builders.py, args --url) and the pod runner logs every container's argv when "
-            "it starts it, as ps on a node shows it; moving the URL out of argv is a design change",
-        ),
-    ),
+    "pod runner log",
 ]
 
 

@@ -357,7 +357,7 @@ def test_scanner_env_mirrors_the_settings(
     scanner: ScannerSettings, fetch: FetchPolicy, expected: dict[str, str]
 ) -> None:
     variables = env(build(scanner=scanner, fetch=fetch))
-    assert {k: v for k, v in variables.items() if k != "TMPDIR"} == expected
+    assert {k: v for k, v in variables.items() if k not in ("TMPDIR", "FILESCAN_SCAN_URL")} == expected
 
 
 def test_scanner_env_round_trips_through_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -373,9 +373,10 @@ def test_scanner_env_round_trips_through_the_settings(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize("url", [URL, "https://h.test/a b?x=1&y=\u00e9#frag", "https://h.test/" + "p" * 4000])
-def test_args_carry_the_url_and_the_size_verbatim(url: str) -> None:
+def test_the_url_travels_in_the_environment_and_the_size_in_args_verbatim(url: str) -> None:
     job = build(filescan(fileURL=url, fileSize=2**63 - 1))
-    assert container(job)["args"] == ["--url", url, "--expected-size", str(2**63 - 1)]
+    assert container(job)["args"] == ["--expected-size", str(2**63 - 1)]  # never the URL: argv is public
+    assert {"name": "FILESCAN_SCAN_URL", "value": url} in container(job)["env"]
 
 
 def test_the_manifest_is_plain_json() -> None:

@@ -473,8 +473,9 @@ def test_any_accepted_event_builds_a_valid_job(event: tuple[Source, dict[str, An
     assert manifest_problems(job) == []
     [container] = job["spec"]["template"]["spec"]["containers"]
     fields = body.get("payload") or body
-    assert container["args"] == ["--url", fields["fileURL"], "--expected-size", str(fields["fileSize"])]
-    assert not math.isnan(float(container["args"][3]))
+    assert container["args"] == ["--expected-size", str(fields["fileSize"])]
+    assert {"name": "FILESCAN_SCAN_URL", "value": fields["fileURL"]} in container["env"]
+    assert not math.isnan(float(container["args"][1]))
 
 
 def test_manifest_checker_refuses_bad_names_and_labels() -> None:

@@ -488,11 +488,12 @@ def test_as_a_subprocess(clamd: ClamdProcess, file_server: FileServer, tmp_path:
         "FILESCAN_ALLOW_HTTP": "true",
         "FILESCAN_CLAMD_ADDRESS": clamd.address,
         "FILESCAN_SCAN_ENGINE": "clamd",
+        "FILESCAN_SCAN_URL": url,  # as the scan Job passes it: not in argv, where it would show
     }
     filescan = Path(sys.executable).parent / "filescan"
 
     completed = subprocess.run(
-        [str(filescan), "scan", "--url", url, "--termination-log", str(log)],
+        [str(filescan), "scan", "--termination-log", str(log)],
         env=env,
         capture_output=True,
         text=True,
