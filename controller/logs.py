@@ -38,9 +38,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def configure_logging(level: int | str | None = None) -> None:
+def configure_logging(level: int | str | None = None, *, keep_existing: bool = False) -> None:
     """JSON lines on stderr for our loggers and the libraries'; uvicorn's access log off (it prints
-    query strings, and so tokens). The level defaults to ``FILESCAN_LOG_LEVEL`` or INFO."""
+    query strings, and so tokens). The level defaults to ``FILESCAN_LOG_LEVEL`` or INFO.
+
+    ``keep_existing`` leaves a host process's logging alone (the scanner run in-process by tests).
+    """
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if keep_existing and logging.getLogger().handlers:
+        return
     if level is None:
         level = os.environ.get("FILESCAN_LOG_LEVEL", "INFO").upper()
     handler = logging.StreamHandler(sys.stderr)
@@ -53,5 +60,3 @@ def configure_logging(level: int | str | None = None) -> None:
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
     logging.captureWarnings(True)
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)

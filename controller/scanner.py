@@ -58,6 +58,7 @@ import httpx
 import pydantic
 
 from controller.clamav import ClamdAddress, ClamdClient, ClamdStreamTooLong, ClamdUnavailable
+from controller.logs import configure_logging
 from controller.settings import FetchPolicy, ScanEngine, ScannerSettings
 from controller.urls import URLRefused, check_file_url, redact_url
 
@@ -469,36 +470,10 @@ def _elapsed_ms(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def _configure_logging() -> None:
-    """JSON lines on stderr, unless the host process (a test run) already configured logging."""
-    # httpx logs every request's full URL at INFO; signed URLs carry secrets in the query string.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    root = logging.getLogger()
-    if root.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter())
-    root.addHandler(handler)
-    root.setLevel(os.environ.get("FILESCAN_LOG_LEVEL", "INFO").upper())
-
-
 def main(args: argparse.Namespace) -> int:
     """Run one scan; returns the exit code (0 verdict, 2 transient error, 3 permanent error)."""
     started = time.monotonic()
-    _configure_logging()
+    configure_logging(keep_existing=True)
     try:
         request = ScanRequest.from_args(args)
         log.info("scanning %s with %s", redact_url(request.url), request.engine)

@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import hmac
 import json
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any, Final, Literal
@@ -72,6 +70,7 @@ from controller.kube import (
     KubeInvalid,
     KubeTransientError,
 )
+from controller.logs import configure_logging
 from controller.settings import Settings, load_settings
 from controller.urls import URLRefused, check_file_url
 
@@ -102,48 +101,7 @@ Outcome = Literal[
 ]
 
 
-# -- logging ----------------------------------------------------------------------------------
-
-_LOG_FIELDS = ("source", "guid", "event_id", "outcome", "result", "status", "latency_ms", "detail")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; only whitelisted extra fields, so nothing leaks by accident."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key in _LOG_FIELDS:
-            value = record.__dict__.get(key)
-            if value is not None:
-                line[key] = value
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False)
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """JSON lines on stderr for our loggers and uvicorn's; uvicorn's access log off (it prints
-    query strings, and so tokens)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
-    logging.getLogger("uvicorn.access").disabled = True
-    logging.captureWarnings(True)  # so even a library's warning is a JSON line
-    # httpx logs every apiserver call at INFO: a second line per request, and URLs do not belong
-    # in our logs.
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
+# -- logging: controller.logs (JSON lines; uvicorn's access log off, it prints query strings) --
 
 # -- metrics ----------------------------------------------------------------------------------
 
