@@ -61,6 +61,9 @@ QUEUED = Gauge("filescan_queued_scans", "FileScans waiting for a scan slot")
 REPORT_RETRY = RetryPolicy(max_attempts=3, max_elapsed=15.0, base_delay=0.5, max_delay=5.0)
 """Inline retries for one Comm100 call; past this the FileScan is requeued with the error's delay."""
 
+QUEUED_MARK_DELAY = 1.0
+"""Seconds a new FileScan may wait for a slot before it is marked ``Queued``."""
+
 WAITING_PHASES = ("", "Queued")
 FINISHED_PHASES = ("Done", "Failed")
 
@@ -147,6 +150,7 @@ class Reconciler:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     _marking_queued: set[str] = field(default_factory=set)
+    _first_seen: dict[str, float] = field(default_factory=dict)
 
     @property
     def namespace(self) -> str:
@@ -183,6 +187,7 @@ class Reconciler:
         name = body["metadata"]["name"]
         if deleted:
             self.filescans.pop(name, None)
+            self._first_seen.pop(name, None)
             self._admission.set()
             return
         current = self.filescans.get(name)
@@ -190,6 +195,10 @@ class Reconciler:
             return  # older than what we wrote ourselves
         self.filescans[name] = dict(body)
         phase = body.get("status", {}).get("phase", "")
+        if phase:
+            self._first_seen.pop(name, None)
+        else:
+            self._first_seen.setdefault(name, time.monotonic())
         if phase in WAITING_PHASES:
             self._admission.set()
         self._queue.add(name)
@@ -274,9 +283,20 @@ class Reconciler:
                 log.warning("could not start a scan for %s: %s", fs["metadata"]["name"], result)
             else:
                 admitted.add(fs["metadata"]["name"])
-        unmarked = [fs for fs in ready if fs["metadata"]["name"] not in admitted
-                    and not (fs.get("status") or {}).get("phase")
-                    and fs["metadata"]["name"] not in self._marking_queued]
+        # Mark only FileScans that have waited a moment: most of a small burst is admitted
+        # within it, and a mark it would overtake is a wasted (refused) write.
+        seen_now = time.monotonic()
+        unmarked, next_mark = [], None
+        for fs in ready:
+            name = fs["metadata"]["name"]
+            if name in admitted or (fs.get("status") or {}).get("phase") or name in self._marking_queued:
+                continue
+            waited = seen_now - self._first_seen.get(name, seen_now)
+            if waited >= QUEUED_MARK_DELAY:
+                unmarked.append(fs)
+            else:
+                left = QUEUED_MARK_DELAY - waited
+                next_mark = left if next_mark is None else min(next_mark, left)
         if unmarked:
             self._marking_queued.update(fs["metadata"]["name"] for fs in unmarked)
             task = asyncio.create_task(self._mark_queued(unmarked, now))
@@ -284,9 +304,8 @@ class Reconciler:
             task.add_done_callback(self._background.discard)
         ACTIVE.set(self.unfinished_jobs())
         QUEUED.set(max(0, len(ready) - len(admitted)))
-        if next_due is None:
-            return None
-        return max(0.05, (next_due - now).total_seconds())
+        waits = [w for w in (next_mark, (next_due - now).total_seconds() if next_due else None) if w is not None]
+        return max(0.05, min(waits)) if waits else None
 
     async def _mark_queued(self, waiting: list[JSON], now: dt.datetime) -> None:
         """Show ``Queued`` on FileScans that wait for a slot, unless something moved them on first."""

@@ -18,27 +18,38 @@ from tests.faults.ledger import Ledger
 from tests.fixtures.operator import FlowFactory, JobWatcher
 from tests.fixtures.waiting import wait_for
 
-# Short backoffs so that retried scans finish within a test's time.
-RETRYING = {"FILESCAN_MAX_ATTEMPTS": "6"}
+# ``make bench`` runs the long variant: FILESCAN_FAULT_SCALE multiplies the traffic and holds every
+# outage for OUTAGE seconds more (the default, 1, keeps ``make test`` quick).
+SCALE = max(1, int(os.environ.get("FILESCAN_FAULT_SCALE", "1")))
+OUTAGE = 0.0 if SCALE == 1 else 30.0 * SCALE
+
+# Enough attempts that retried scans outlive an outage (backoff 5, 10, 20, 40, 80, 160 s…).
+RETRYING = {"FILESCAN_MAX_ATTEMPTS": "6" if SCALE == 1 else "9"}
+
+
+def n(count: int) -> int:
+    return count * SCALE
 
 
 def test_apiserver_stopped_and_restarted_while_events_arrive(run_flow: FlowFactory, cluster: Devstack) -> None:
     with run_flow(RETRYING, webhook=True) as flow:
         ledger = Ledger(flow)
-        uploads = ledger.new_uploads(18)
-        for upload in uploads[:6]:
+        uploads = ledger.new_uploads(n(18))
+        third = len(uploads) // 3
+        for upload in uploads[:third]:
             assert ledger.post(upload) == 200
 
         cluster.stop_process("kube-apiserver")
         try:
-            refused = [ledger.post(upload) for upload in uploads[6:12]]
-            assert refused == [503] * 6  # never a 2xx for an event that is not stored
-            response = flow.post(uploads[6].source, uploads[6].body)
+            refused = [ledger.post(upload) for upload in uploads[third:2 * third]]
+            assert refused == [503] * third  # never a 2xx for an event that is not stored
+            response = flow.post(uploads[third].source, uploads[third].body)
             assert response.headers.get("Retry-After")
+            time.sleep(OUTAGE)
         finally:
             cluster.start_process("kube-apiserver")
 
-        for upload in uploads[12:]:
+        for upload in uploads[2 * third:]:
             ledger.post(upload)
         ledger.repost_until_acknowledged()
         ledger.reconcile()
@@ -47,17 +58,19 @@ def test_apiserver_stopped_and_restarted_while_events_arrive(run_flow: FlowFacto
 def test_etcd_stopped_and_restarted(run_flow: FlowFactory, cluster: Devstack) -> None:
     with run_flow(RETRYING, webhook=True) as flow:
         ledger = Ledger(flow)
-        uploads = ledger.new_uploads(12)
-        for upload in uploads[:4]:
+        uploads = ledger.new_uploads(n(12))
+        third = len(uploads) // 3
+        for upload in uploads[:third]:
             ledger.post(upload)
         cluster.stop_process("etcd")
         try:
-            answers = [ledger.post(upload) for upload in uploads[4:8]]
+            answers = [ledger.post(upload) for upload in uploads[third:2 * third]]
             assert all(not 200 <= a < 300 for a in answers), answers
+            time.sleep(OUTAGE)
         finally:
             cluster.start_process("etcd")
         wait_for(lambda: cluster.get("/readyz")[0] == 200, timeout=60, what="the apiserver to be ready again")
-        for upload in uploads[8:]:
+        for upload in uploads[2 * third:]:
             ledger.post(upload)
         ledger.repost_until_acknowledged()
         ledger.reconcile()
@@ -75,9 +88,10 @@ def test_operator_killed_repeatedly_while_a_standby_takes_over(
     replicas = [("--priority", "100"), ("--priority", "50")]
     with run_flow(settings, webhook=True, operators=replicas) as flow, JobWatcher(cluster, namespace) as jobs:
         ledger = Ledger(flow)
-        uploads = ledger.new_uploads(30)
+        uploads = ledger.new_uploads(n(30))
         primary = flow.operators[0]
-        for round_number in range(3):
+        rounds = 3 * SCALE
+        for round_number in range(rounds):
             for upload in uploads[round_number * 10:(round_number + 1) * 10]:
                 ledger.post(upload)
             time.sleep(1.5)
@@ -94,10 +108,10 @@ def test_clamd_down_for_a_while_then_back(run_flow: FlowFactory, cluster: Devsta
     with run_flow(RETRYING, webhook=True, own_clamd=True) as flow:
         ledger = Ledger(flow)
         flow.clamd.stop()
-        for upload in ledger.new_uploads(6):
+        for upload in ledger.new_uploads(n(6)):
             assert ledger.post(upload) == 200
         wait_for(lambda: [j for j in flow.jobs() if _failed(j)], timeout=60, what="a scan attempt to fail")
-        time.sleep(2)
+        time.sleep(2 + OUTAGE)
         assert flow.sim.calls() == []  # nothing reported while nothing could be scanned
         flow.clamd.restart()
         ledger.reconcile()
@@ -110,17 +124,19 @@ def test_comm100_down_then_a_storm_of_429s(run_flow: FlowFactory, cluster: Devst
     with run_flow(settings, webhook=True) as flow:
         ledger = Ledger(flow)
         flow.sim.down()
-        for upload in ledger.new_uploads(15):
+        count = n(15)
+        for upload in ledger.new_uploads(count):
             assert ledger.post(upload) == 200
 
         def reporting() -> bool:
             phases = [(f.get("status") or {}).get("phase") for f in flow.filescans()]
-            return len(phases) == 15 and all(p == "Reporting" for p in phases)
+            return len(phases) == count and all(p == "Reporting" for p in phases)
 
-        wait_for(reporting, timeout=120, what="every scan to be waiting for Comm100")
+        wait_for(reporting, timeout=120 * SCALE, what="every scan to be waiting for Comm100")
+        time.sleep(OUTAGE)
         flow.sim.clear_faults()
         flow.sim.inject("status", status=429, retry_after=2, times=12)
-        ledger.reconcile(timeout=300)
+        ledger.reconcile(timeout=300 * SCALE)
 
         starts = sorted(c.time for c in flow.sim.calls())
         busiest = max(sum(1 for t in starts if s <= t < s + rate_period) for s in starts)
