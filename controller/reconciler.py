@@ -162,8 +162,7 @@ class Reconciler:
         for item in await self.kube.list_jobs(self.namespace, self._job_selector()):
             self.jobs[item["metadata"]["name"]] = item
         for item in await self.kube.list_filescans(self.namespace):
-            self.filescans[item["metadata"]["name"]] = item
-            self._queue.add(item["metadata"]["name"])
+            self.observe_filescan(item)
         self._admission.set()
         loops: list[Callable[[], Coroutine[Any, Any, None]]] = [self._queue.run_delays, self._admission_loop,
                                                         self._retention_loop]
@@ -291,7 +290,7 @@ class Reconciler:
             name = fs["metadata"]["name"]
             if name in admitted or (fs.get("status") or {}).get("phase") or name in self._marking_queued:
                 continue
-            waited = seen_now - self._first_seen.get(name, seen_now)
+            waited = seen_now - self._first_seen.setdefault(name, seen_now)
             if waited >= QUEUED_MARK_DELAY:
                 unmarked.append(fs)
             else:
