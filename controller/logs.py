@@ -44,10 +44,11 @@ def configure_logging(level: int | str | None = None, *, keep_existing: bool = F
 
     ``keep_existing`` leaves a host process's logging alone (the scanner run in-process by tests).
     """
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # httpx logs every request's full URL at INFO (signed URLs carry secrets in the query string).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if keep_existing and logging.getLogger().handlers:
         return
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     if level is None:
         level = os.environ.get("FILESCAN_LOG_LEVEL", "INFO").upper()
     handler = logging.StreamHandler(sys.stderr)

@@ -68,6 +68,7 @@ def test_the_apiserver_accepts_every_generated_filescan_and_its_job(
         assert "PodSecurity" not in dry_run.stderr, dry_run.stderr
         answered = json.loads(dry_run.stdout)
         [container] = answered["spec"]["template"]["spec"]["containers"]
-        assert container["args"][1] == draft.spec["fileURL"], "the URL reaches the pod verbatim"
+        url = {e["name"]: e.get("value") for e in container["env"]}["FILESCAN_SCAN_URL"]
+        assert url == draft.spec["fileURL"], "the URL reaches the pod verbatim"
     finally:
         cluster.kubectl("delete", "filescan", draft.name, "-n", namespace, "--wait=false", check=False)
