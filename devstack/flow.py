@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 
 from devstack.clamd import ClamdProcess
-from devstack.cluster import Devstack
+from devstack.cluster import Devstack, free_port
 from devstack.comm100sim import Comm100Simulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,12 +33,6 @@ EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 WEBHOOK_TOKEN = "demo-webhook-token-6b2d0f8e41c7"
 COMM100_TOKEN = "demo-comm100-token-9a4e7c1d3b5f"
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until(condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:

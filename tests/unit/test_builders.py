@@ -6,7 +6,6 @@ import copy
 import datetime as dt
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +29,6 @@ GUID = "12b76589-6ba7-4011-aa23-8779594aab11"
 NAME = f"ticket-{GUID}"
 URL = "https://files.comm100.test/attachments/x?sig=abc&b=1"
 T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture(autouse=True)
-def _no_filescan_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Settings read ``FILESCAN_*``: the defaults these tests rely on must not come from the shell."""
-    import os
-
-    for key in list(os.environ):
-        if key.startswith("FILESCAN_"):
-            monkeypatch.delenv(key)
-    yield
 
 
 def filescan(name: str = NAME, **spec: Any) -> dict[str, Any]:

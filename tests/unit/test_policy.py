@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,14 +23,6 @@ from controller.policy import (
 from controller.settings import FetchPolicy, PolicySettings
 
 SHA = "a" * 64
-
-
-@pytest.fixture(autouse=True)
-def _no_filescan_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key in list(os.environ):
-        if key.startswith("FILESCAN_"):
-            monkeypatch.delenv(key)
-    yield
 
 
 # ---- skip_reason -----------------------------------------------------------------------------

@@ -18,10 +18,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import re
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
@@ -51,14 +50,6 @@ RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\
 
 # No example database in the repository; a failure prints the falsifying example to reproduce it.
 PROPERTY_SETTINGS = settings(database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@pytest.fixture(autouse=True)
-def _no_filescan_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key in list(os.environ):
-        if key.startswith("FILESCAN_"):
-            monkeypatch.delenv(key)
-    yield
 
 
 # ---- the CRD's limits, read from the manifest ----------------------------------------------

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
@@ -31,14 +30,6 @@ from controller.settings import (
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 SHORT = 0.05  # how long to wait for something that must not happen: a queue that stays empty
-
-
-@pytest.fixture(autouse=True)
-def _no_filescan_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key in list(os.environ):
-        if key.startswith("FILESCAN_"):
-            monkeypatch.delenv(key)
-    yield
 
 
 # ---- WorkQueue -------------------------------------------------------------------------------
