@@ -87,6 +87,10 @@ class WebhookSettings(_Group):
     webhook_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     """Shared secrets Comm100 presents (comma-separated; several at once for rotation)."""
 
+    webhook_tokens_file: Path | None = None
+    """A file of further tokens (comma- or newline-separated), e.g. a mounted Secret: re-read when it
+    changes, so tokens rotate without a restart. Tokens shorter than 16 characters are ignored."""
+
     sync_wait_seconds: float = Field(default=0.0, ge=0, le=25)
     """When above 0, wait up to this long for a verdict and answer ``passed``/``failed`` in the
     webhook response; otherwise (the default, Comm100's recommendation) answer ``delay``."""

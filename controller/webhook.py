@@ -38,6 +38,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import uvicorn
@@ -51,7 +52,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from controller.events import (
     SOURCES,
@@ -284,6 +285,59 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 # -- dependencies -------------------------------------------------------------------------------
 
 
+MIN_TOKEN_LENGTH = 16
+
+
+class WebhookTokens:
+    """The accepted tokens: ``FILESCAN_WEBHOOK_TOKENS`` plus those in ``FILESCAN_WEBHOOK_TOKENS_FILE``.
+
+    The file is looked at no more than once a second and re-read when its identity (inode, size,
+    mtime) changes, so a rotated Secret that the kubelet updates in place takes effect without a
+    restart. If it disappears or cannot be read (mid-rotation), the last tokens read stay valid.
+    Nothing here ever logs a token.
+    """
+
+    CHECK_INTERVAL = 1.0
+
+    def __init__(
+        self, inline: list[SecretStr], path: Path | None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._inline = [token.get_secret_value().encode() for token in inline]
+        self._path = path
+        self._clock = clock
+        self._from_file: list[bytes] = []
+        self._identity: tuple[int, int, int] | None = None
+        self._checked = float("-inf")
+        self._refresh()
+
+    def current(self) -> list[bytes]:
+        if self._path is not None and self._clock() - self._checked >= self.CHECK_INTERVAL:
+            self._refresh()
+        return self._inline + self._from_file
+
+    def _refresh(self) -> None:
+        self._checked = self._clock()
+        if self._path is None:
+            return
+        try:
+            stat = self._path.stat()
+            identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            if identity == self._identity:
+                return
+            text = self._path.read_text()
+        except OSError as error:
+            log.warning("webhook tokens file unreadable, keeping the last tokens: %s", type(error).__name__)
+            return
+        values = [v.strip() for v in text.replace("\n", ",").split(",") if v.strip()]
+        accepted = [v.encode() for v in values if len(v) >= MIN_TOKEN_LENGTH]
+        if len(accepted) < len(values):
+            log.warning("webhook tokens file: %d token(s) shorter than %d characters ignored",
+                        len(values) - len(accepted), MIN_TOKEN_LENGTH)
+        self._identity = identity
+        self._from_file = accepted
+        log.info("webhook tokens file read: %d token(s)", len(accepted))
+
+
 class WebhookState:
     """What the routes need, injected by ``create_app`` and reached through ``app.state``."""
 
@@ -292,7 +346,11 @@ class WebhookState:
         self.kube = kube
         self.metrics = metrics
         self.auth = auth
-        self.tokens = [token.get_secret_value().encode() for token in settings.webhook.webhook_tokens]
+        self.token_source = WebhookTokens(settings.webhook.webhook_tokens, settings.webhook.webhook_tokens_file)
+
+    @property
+    def tokens(self) -> list[bytes]:
+        return self.token_source.current()
 
 
 def _webhook_state(request: Request) -> WebhookState:
@@ -578,9 +636,9 @@ async def metrics(state: State) -> Response:
 
 def create_app(settings: Settings, kube: KubeClient, *, auth: bool = True) -> FastAPI:
     """The webhook app. ``auth=False`` accepts events without a token (``--insecure-no-auth``)."""
-    if auth and not settings.webhook.webhook_tokens:
+    if auth and not _configured_tokens(settings):
         raise ValueError(
-            "no webhook token configured (FILESCAN_WEBHOOK_TOKENS); refusing to run without auth"
+            "no webhook token configured (FILESCAN_WEBHOOK_TOKENS or _FILE); refusing to run without auth"
         )
     app = FastAPI(
         title="filescan webhook",
@@ -593,6 +651,12 @@ def create_app(settings: Settings, kube: KubeClient, *, auth: bool = True) -> Fa
     app.include_router(probes)
     app.add_middleware(RequestGate, metrics=metrics_)
     return app
+
+
+def _configured_tokens(settings: Settings) -> bool:
+    """Whether any token is configured (a tokens file counts even if it is empty right now: a
+    Secret being rotated may be momentarily empty, and auth must stay on)."""
+    return bool(settings.webhook.webhook_tokens) or settings.webhook.webhook_tokens_file is not None
 
 
 def _settings_errors(error: ValidationError) -> str:
@@ -611,10 +675,11 @@ def main(args: argparse.Namespace) -> int:
     except ValidationError as error:
         log.error("invalid settings: %s", _settings_errors(error))
         return 2
-    auth = bool(settings.webhook.webhook_tokens)
+    auth = _configured_tokens(settings)
     if not auth and not args.insecure_no_auth:
         log.error(
-            "refusing to start: FILESCAN_WEBHOOK_TOKENS is empty (--insecure-no-auth for local testing)"
+            "refusing to start: no token in FILESCAN_WEBHOOK_TOKENS or FILESCAN_WEBHOOK_TOKENS_FILE "
+            "(--insecure-no-auth for local testing)"
         )
         return 2
     if not auth:

@@ -397,6 +397,28 @@ def test_insecure_no_auth_accepts_events_without_token(
         assert "WITHOUT authentication" in webhook.logs()
 
 
+def test_tokens_from_a_file_rotate_without_a_restart(
+    cluster: Any, filescan_crd: str, namespace: str, tmp_path: Path
+) -> None:
+    old, new = "file-token-old-5d1c9a7e3b", "file-token-new-8e2f4b6a0c"
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text(old + "\n")
+    env = {"FILESCAN_WEBHOOK_TOKENS_FILE": str(tokens_file)}
+    with run_webhook(cluster, namespace, tmp_path, env=env, tokens=()) as webhook:
+        assert webhook.post("ticket", event_body("ticket"), token=old).status_code == 200
+        assert webhook.post("ticket", event_body("ticket"), token=new).status_code == 401
+
+        rotated = tmp_path / "tokens.new"
+        rotated.write_text(new + "\n")
+        rotated.replace(tokens_file)  # as the kubelet swaps a Secret volume's files
+
+        body = event_body("ticket")
+        wait_for(lambda: webhook.post("ticket", body, token=new).status_code == 200, timeout=10,
+                 what="the rotated token to be accepted")
+        assert webhook.post("ticket", event_body("ticket"), token=old).status_code == 401
+        assert old not in webhook.logs() and new not in webhook.logs()
+
+
 def test_http_and_listed_ip_hosts_when_allowed(cluster: Any, filescan_crd: str, namespace: str, tmp_path: Path) -> None:
     env = {"FILESCAN_ALLOW_HTTP": "true", "FILESCAN_ALLOWED_FILE_HOSTS": "127.0.0.1"}
     with run_webhook(cluster, namespace, tmp_path, env=env) as webhook:

@@ -151,8 +151,12 @@ def test_settings_reach_the_processes_as_filescan_variables(helm: Path) -> None:
     env = {e["name"]: e for e in operator["containers"][0]["env"]}
     assert env["FILESCAN_COMM100_TOKEN_FILE"]["value"] == "/var/run/secrets/filescan/comm100/token"
     webhook = find(docs, "Deployment", "filescan-operator-webhook")["spec"]["template"]["spec"]
-    tokens = {e["name"]: e for e in webhook["containers"][0]["env"]}["FILESCAN_WEBHOOK_TOKENS"]
-    assert tokens["valueFrom"]["secretKeyRef"] == {"name": "filescan-operator-webhook-tokens", "key": "tokens"}
+    tokens = {e["name"]: e for e in webhook["containers"][0]["env"]}["FILESCAN_WEBHOOK_TOKENS_FILE"]
+    assert tokens["value"] == "/var/run/secrets/filescan/webhook/tokens"  # a file: rotates without a restart
+    [volume] = [v for v in webhook["volumes"] if v["name"] == "webhook-tokens"]
+    assert volume["secret"]["secretName"] == "filescan-operator-webhook-tokens"
+    assert volume["secret"]["items"] == [{"key": "tokens", "path": "tokens"}]
+    assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in webhook["containers"][0]["env"])
 
 
 def test_rbac_is_least_privilege(helm: Path) -> None:
