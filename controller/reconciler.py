@@ -271,7 +271,10 @@ class Reconciler:
         """
         now = self.clock()
         ready, next_due = self.waiting(now)
-        slots = max(0, self.settings.operator.max_concurrent_scans - self.unfinished_jobs())
+        if self.settings.job.kueue_queue_name:
+            slots = len(ready)  # Jobs are created suspended and Kueue decides when each one runs
+        else:
+            slots = max(0, self.settings.operator.max_concurrent_scans - self.unfinished_jobs())
         chosen = ready[:slots]
         results = await asyncio.gather(*(self._admit(fs, now) for fs in chosen), return_exceptions=True)
         admitted = set()

@@ -260,3 +260,20 @@ def test_scan_jobs_run_in_a_namespace_enforcing_the_restricted_profile(
         assert pod["automountServiceAccountToken"] is False
         assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
         assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [3]
+
+
+def test_kueue_mode_creates_every_job_suspended_for_kueue_to_admit(run_flow: FlowFactory, cluster: Devstack) -> None:
+    settings = {"FILESCAN_KUEUE_QUEUE_NAME": "scans", "FILESCAN_MAX_CONCURRENT_SCANS": "2"}
+    with run_flow(settings) as flow:
+        create_filescans(cluster, [upload(flow, f"f{i}.txt", CLEAN) for i in range(5)])
+        # Kueue, not our limit, decides what runs: all five Jobs exist at once, suspended, labelled.
+        def five_jobs() -> list[dict[str, Any]] | None:
+            found = flow.jobs()
+            return found if len(found) == 5 else None
+
+        jobs = wait_for(five_jobs, timeout=60, what="five suspended Jobs")
+        for job in jobs:
+            assert job["spec"]["suspend"] is True
+            assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "scans"
+        assert kube_json(cluster, "get", "pods", "-n", flow.namespace)["items"] == []  # nothing runs yet
+        assert {f["status"]["phase"] for f in flow.filescans()} == {"Scanning"}
