@@ -69,7 +69,10 @@ def test_etcd_stopped_and_restarted(run_flow: FlowFactory, cluster: Devstack) ->
             time.sleep(OUTAGE)
         finally:
             cluster.start_process("etcd")
-        wait_for(lambda: cluster.get("/readyz")[0] == 200, timeout=60, what="the apiserver to be ready again")
+        # After a long outage the apiserver's etcd client may sit in gRPC's reconnect backoff (up to
+        # 2 minutes) before it tries again: the long variant allows for that.
+        wait_for(lambda: cluster.get("/readyz")[0] == 200, timeout=60 + 2 * OUTAGE,
+                 what="the apiserver to be ready again")
         for upload in uploads[2 * third:]:
             ledger.post(upload)
         ledger.repost_until_acknowledged()
