@@ -18,8 +18,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,9 +31,10 @@ from typing import Any
 
 import httpx
 
+from bench.common import devstack, machine
 from controller.events import filescan_draft, parse_event
 from controller.kube import API_VERSION, FILESCAN_KIND, KubeCredentials
-from devstack.cluster import Devstack
+from devstack.cluster import Devstack, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CRD = REPO / "manifests" / "crd-filescans.yaml"
@@ -45,13 +44,6 @@ SHARDS = 4
 WARMUP = 200
 TOKEN = "bench-token-5d0f1c2b9e8a7d6c"
 FILE_HOST = "files.comm100.test"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _events(count: int) -> list[tuple[str, dict[str, Any]]]:
@@ -148,22 +140,8 @@ def _merge(runs: list[Run]) -> Run:
 
 
 @contextlib.contextmanager
-def _devstack() -> Iterator[Devstack]:
-    existing = os.environ.get("FILESCAN_TEST_DEVSTACK_DIR")
-    if existing:
-        yield Devstack.load(Path(existing))
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-webhook-") as directory:
-        stack = Devstack.up(Path(directory), audit=False)
-        try:
-            yield stack
-        finally:
-            stack.down()
-
-
-@contextlib.contextmanager
 def _webhook(stack: Devstack, namespace: str) -> Iterator[tuple[str, int]]:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FILESCAN_")} | {
         "KUBECONFIG": str(stack.kubeconfig),
         "FILESCAN_NAMESPACE": namespace,
@@ -284,22 +262,9 @@ async def _measure(
     return Results(_merge(hook_runs), _merge(direct_runs), hook_cpu, direct_cpu, hook_idle, direct_idle)
 
 
-def _machine() -> str:
-    memory = ""
-    with contextlib.suppress(OSError):
-        kib = int(Path("/proc/meminfo").read_text().split()[1])
-        memory = f", {kib / 1024 / 1024:.0f} GiB"
-    distro = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                distro = ", " + line.split("=", 1)[1].strip('"')
-    return f"{os.cpu_count()} cores{memory}{distro}, Python {platform.python_version()}"
-
-
 def main() -> None:
     count = int(os.environ.get("FILESCAN_BENCH_EVENTS", "2000"))
-    with _devstack() as stack:
+    with devstack(audit=False) as stack:
         os.environ["KUBECONFIG"] = str(stack.kubeconfig)
         stack.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
         stack.kubectl("wait", "--for=condition=Established", "crd/filescans.comm100.io", "--timeout=60s")
@@ -315,7 +280,7 @@ def main() -> None:
                 stack.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
     hook, direct = results.hook, results.direct
-    print(f"{time.strftime('%Y-%m-%d')}, {_machine()}")
+    print(f"{time.strftime('%Y-%m-%d')}, {machine()}")
     print(f"{count} events, concurrency {CONCURRENCY}, after {WARMUP} warm-up events each")
     print(f"{'':10} {'events/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'failed':>6}")
     for label, run in (("webhook", hook), ("apiserver", direct)):
