@@ -26,7 +26,7 @@ import pytest
 from devstack.clamd import ClamdProcess
 from devstack.flow import Flow, ticket_event
 from tests.faults.ledger import _said
-from tests.fixtures.clamd import eicar
+from tests.fixtures.clamd import archive_bomb, eicar
 from tests.fixtures.cluster import Devstack
 
 pytestmark = pytest.mark.cluster
@@ -59,24 +59,6 @@ def nested(payload: bytes) -> bytes:
     inner = zipped({"docs/readme.txt": b"hello\n", "docs/payload.bin": payload})
     middle = zipped({"inner.zip": inner})
     return tar_gz({"bundle/middle.zip": middle, "bundle/notes.txt": b"notes\n"})
-
-
-def archive_bomb() -> bytes:
-    """8 x 2 MiB of zeros in a zip: ~16 KiB on the wire, 16 MiB expanded (over the limited clamd's
-    8 MiB MaxScanSize), as in the scanner's own test."""
-    return zipped({f"part{index}.bin": bytes(2 * MiB) for index in range(8)})
-
-
-@pytest.fixture(scope="module")
-def limited_clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdProcess]:
-    """clamd with small limits, so an archive bomb meets them cheaply."""
-    with ClamdProcess.start(
-        tmp_path_factory.mktemp("hostile-clamd"),
-        stream_max_length=4 * MiB,
-        max_file_size=2 * MiB,
-        max_scan_size=8 * MiB,
-    ) as process:
-        yield process
 
 
 @pytest.fixture

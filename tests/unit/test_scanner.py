@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 
 from controller import cli, scanner
 from devstack.clamd import ClamdProcess
-from tests.fixtures.clamd import TEST_MARKER, FileServer, Route, eicar
+from tests.fixtures.clamd import TEST_MARKER, FileServer, Route, archive_bomb, eicar
 
 EICAR_SIGNATURE = "Eicar-Test-Signature.UNOFFICIAL"
 MARKER_SIGNATURE = "Filescan.Test.Marker.UNOFFICIAL"
@@ -392,18 +391,6 @@ def test_expected_size_over_the_limit_needs_no_download(file_server: FileServer,
 # --- clamd's own limits: never a silent clean -------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def limited_clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdProcess]:
-    """A clamd with small limits, so each of its limit outcomes can be provoked cheaply."""
-    with ClamdProcess.start(
-        tmp_path_factory.mktemp("limited-clamd"),
-        stream_max_length=4 * MiB,
-        max_file_size=2 * MiB,
-        max_scan_size=8 * MiB,
-    ) as process:
-        yield process
-
-
 def test_stream_over_clamd_stream_max_length_is_permanent(
     limited_clamd: ClamdProcess, file_server: FileServer, run_scan: Any
 ) -> None:
@@ -429,11 +416,7 @@ def test_file_over_clamd_max_file_size_is_infected(
 
 
 def test_archive_bomb_is_infected(limited_clamd: ClamdProcess, file_server: FileServer, run_scan: Any) -> None:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for index in range(8):  # 8 x 2 MiB of zeros: ~16 KiB compressed, 16 MiB expanded
-            archive.writestr(f"part{index}.bin", bytes(2 * MiB))
-    bomb = buffer.getvalue()
+    bomb = archive_bomb()
     assert len(bomb) < 64 * 1024
     url = file_server.add("/bomb.zip", Route(body=bomb))
 
