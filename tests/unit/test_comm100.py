@@ -34,23 +34,14 @@ from controller.comm100 import (
 )
 from controller.settings import Comm100Settings
 from devstack.comm100sim import Comm100Simulator
-from tests.fixtures.comm100 import FakeTime, comm100_settings_for
+from tests.fixtures.comm100 import FakeTime, comm100_settings_at, comm100_settings_for
 
 GUID = "12b76589-6ba7-4011-aa23-8779594aab11"
 TOKEN = "tok-Sup3rSecretValue-never-log-me"
 
 
 def offline_settings(**fields: Any) -> Comm100Settings:
-    values: dict[str, Any] = {
-        "comm100_base_url": "https://comm100.test",
-        "comm100_token": TOKEN,
-        "comm100_token_file": None,
-        "comm100_status_style": "available",
-        "comm100_rate": "300/5m",
-        "comm100_timeout_seconds": 5.0,
-    }
-    values.update(fields)
-    return Comm100Settings(**values)
+    return comm100_settings_at("https://comm100.test", **({"comm100_token": TOKEN} | fields))
 
 
 def mock_client(
