@@ -55,11 +55,10 @@ from typing import Any, Protocol
 from urllib.parse import urljoin
 
 import httpx
-import pydantic
 
 from controller.clamav import ClamdAddress, ClamdClient, ClamdStreamTooLong, ClamdUnavailable
 from controller.logs import configure_logging
-from controller.settings import FetchPolicy, ScanEngine, ScannerSettings
+from controller.scanconfig import FetchRules, ScanEngine, read_scanner_env
 from controller.urls import URLRefused, check_file_url, redact_url
 
 CHUNK_SIZE = 256 * 1024
@@ -121,14 +120,13 @@ class ScanRequest:
     clamd_address: str
     clamscan_database: Path | None
     fetch_timeout: float
-    policy: FetchPolicy
+    policy: FetchRules
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ScanRequest:
         try:
-            scanner = ScannerSettings()
-            policy = FetchPolicy()
-        except pydantic.ValidationError as error:
+            policy, scanner = read_scanner_env()
+        except ValueError as error:
             raise _permanent("bad-configuration", f"invalid FILESCAN_* settings: {error}") from None
         max_bytes: int = policy.max_file_size if args.max_bytes is None else args.max_bytes
         if max_bytes < 0 or (args.expected_size is not None and args.expected_size < 0):
@@ -330,7 +328,7 @@ def _check_status(response: httpx.Response, url: str) -> None:
 
 
 @contextlib.contextmanager
-def open_download(client: httpx.Client, url: str, policy: FetchPolicy) -> Iterator[httpx.Response]:
+def open_download(client: httpx.Client, url: str, policy: FetchRules) -> Iterator[httpx.Response]:
     """The 200 response for ``url``, following at most :data:`MAX_REDIRECTS` allowed redirects."""
     current = url
     for _ in range(MAX_REDIRECTS + 1):

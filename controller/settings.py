@@ -21,10 +21,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from controller.scanconfig import (
+    DEFAULT_CLAMD_ADDRESS,
+    DEFAULT_FETCH_TIMEOUT_SECONDS,
+    DEFAULT_MAX_FILE_SIZE,
+    ScanEngine,
+)
+
 _DURATION = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
 _PLACEHOLDERS = {"changeme", "change-me", "changethis", "secret", "token", "xxx", "todo"}
 
-ScanEngine = Literal["clamd", "clamscan"]
 StatusStyle = Literal["available", "passed", "isAvailable"]
 
 
@@ -67,7 +73,7 @@ class FetchPolicy(_Group):
     allow_http: bool = False
     """Accept plain ``http`` URLs as well as ``https``. Off by default: only for local testing."""
 
-    max_file_size: int = Field(default=100 * 1024 * 1024, ge=0)
+    max_file_size: int = Field(default=DEFAULT_MAX_FILE_SIZE, ge=0)
     """Largest file scanned, in bytes (default 100 MiB). Larger uploads are ``skipped`` by the
     operator and refused by the scanner even when Content-Length lies."""
 
@@ -124,18 +130,19 @@ class WebhookSettings(_Group):
 
 
 class ScannerSettings(_Group):
-    """The ``filescan scan`` program inside each scan Job."""
+    """The ``filescan scan`` program inside each scan Job (which reads these, and the fetch policy,
+    with :mod:`controller.scanconfig` to start faster)."""
 
     scan_engine: ScanEngine = "clamd"
     """``clamd`` streams to a clamd Service (fast; the default); ``clamscan`` loads the DB itself."""
 
-    clamd_address: str = "tcp://clamd:3310"
+    clamd_address: str = DEFAULT_CLAMD_ADDRESS
     """Where clamd listens: ``tcp://HOST:PORT`` or ``unix:/path``."""
 
     clamscan_database: Path | None = None
     """Signature database directory for the ``clamscan`` engine (clamscan's default when unset)."""
 
-    fetch_timeout_seconds: float = Field(default=30.0, gt=0)
+    fetch_timeout_seconds: float = Field(default=DEFAULT_FETCH_TIMEOUT_SECONDS, gt=0)
     """Connect timeout, and longest silence while reading, when downloading the file (seconds,
     default 30). A server that stalls longer fails the attempt as transient (exit 2); the Job's
     ``activeDeadlineSeconds`` bounds the whole scan."""

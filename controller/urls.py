@@ -14,12 +14,22 @@ Design decisions:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 from urllib.parse import SplitResult, urlsplit
 
-from controller.settings import FetchPolicy
-
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
+
+
+class FetchPolicyLike(Protocol):
+    """What a URL is checked against: :class:`controller.settings.FetchPolicy` in the webhook and
+    operator, :class:`controller.scanconfig.FetchRules` in the scanner (which does not load pydantic)."""
+
+    @property
+    def allowed_file_hosts(self) -> Sequence[str]: ...
+
+    @property
+    def allow_http(self) -> bool: ...
 
 
 class URLRefused(ValueError):
@@ -41,7 +51,7 @@ def host_allowed(host: str, allowed: Iterable[str]) -> bool:
     return False
 
 
-def check_file_url(url: str, policy: FetchPolicy) -> SplitResult:
+def check_file_url(url: str, policy: FetchPolicyLike) -> SplitResult:
     """Return the parsed URL when the policy allows fetching it, else raise :class:`URLRefused`."""
     if _FORBIDDEN_CHARS.search(url):
         raise URLRefused("fileURL contains whitespace, control characters or backslashes")
