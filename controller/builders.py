@@ -75,6 +75,7 @@ def build_scan_job(
         {"name": "FILESCAN_ALLOWED_FILE_HOSTS", "value": ",".join(fetch.allowed_file_hosts)},
         {"name": "FILESCAN_ALLOW_HTTP", "value": "true" if fetch.allow_http else "false"},
         {"name": "FILESCAN_MAX_FILE_SIZE", "value": str(fetch.max_file_size)},
+        {"name": "FILESCAN_FETCH_TIMEOUT_SECONDS", "value": str(scanner.fetch_timeout_seconds)},
         {"name": "TMPDIR", "value": SCRATCH_DIR},
     ]
     if scanner.clamscan_database:

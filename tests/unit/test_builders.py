@@ -22,6 +22,7 @@ from controller.builders import (
     owner_reference,
     with_condition,
 )
+from controller.scanconfig import FetchRules, ScannerConfig, read_scanner_env
 from controller.settings import FetchPolicy, ScanJobSettings, ScannerSettings
 
 DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -329,15 +330,16 @@ AS_ENV_GIVES_IT: dict[str, Any] = {"allowed_file_hosts": "a.test, .cdn.test"}
             FetchPolicy(allowed_file_hosts=["files.comm100.test"]),
             {"FILESCAN_SCAN_ENGINE": "clamd", "FILESCAN_CLAMD_ADDRESS": "tcp://clamd:3310",
              "FILESCAN_ALLOWED_FILE_HOSTS": "files.comm100.test", "FILESCAN_ALLOW_HTTP": "false",
-             "FILESCAN_MAX_FILE_SIZE": str(100 * 1024 * 1024)},
+             "FILESCAN_MAX_FILE_SIZE": str(100 * 1024 * 1024), "FILESCAN_FETCH_TIMEOUT_SECONDS": "30.0"},
         ),
         (
             ScannerSettings(scan_engine="clamscan", clamd_address="unix:/run/clamd.sock",
-                            clamscan_database=Path("/var/lib/clamav")),
+                            clamscan_database=Path("/var/lib/clamav"), fetch_timeout_seconds=12.5),
             FetchPolicy(**AS_ENV_GIVES_IT, allow_http=True, max_file_size=2048),
             {"FILESCAN_SCAN_ENGINE": "clamscan", "FILESCAN_CLAMD_ADDRESS": "unix:/run/clamd.sock",
              "FILESCAN_ALLOWED_FILE_HOSTS": "a.test,.cdn.test", "FILESCAN_ALLOW_HTTP": "true",
-             "FILESCAN_MAX_FILE_SIZE": "2048", "FILESCAN_CLAMSCAN_DATABASE": "/var/lib/clamav"},
+             "FILESCAN_MAX_FILE_SIZE": "2048", "FILESCAN_CLAMSCAN_DATABASE": "/var/lib/clamav",
+             "FILESCAN_FETCH_TIMEOUT_SECONDS": "12.5"},
         ),
     ],
 )
@@ -350,14 +352,17 @@ def test_scanner_env_mirrors_the_settings(
 
 def test_scanner_env_round_trips_through_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """The scanner reads its settings from this very env: what it reads is what the operator had."""
-    scanner = ScannerSettings(scan_engine="clamscan", clamd_address="tcp://10.0.0.9:3310")
+    scanner = ScannerSettings(scan_engine="clamscan", clamd_address="tcp://10.0.0.9:3310",
+                              clamscan_database=Path("/db"), fetch_timeout_seconds=7.5)
     fetch = FetchPolicy(allowed_file_hosts=["files.comm100.test", ".cdn.comm100.test"], allow_http=True,
                         max_file_size=777)
     for key, value in env(build(scanner=scanner, fetch=fetch)).items():
         monkeypatch.setenv(key, value)
     assert FetchPolicy() == fetch
-    assert ScannerSettings().scan_engine == "clamscan"
-    assert ScannerSettings().clamd_address == "tcp://10.0.0.9:3310"
+    assert ScannerSettings() == scanner
+    rules, config = read_scanner_env()
+    assert rules == FetchRules(("files.comm100.test", ".cdn.comm100.test"), allow_http=True, max_file_size=777)
+    assert config == ScannerConfig("clamscan", "tcp://10.0.0.9:3310", Path("/db"), fetch_timeout_seconds=7.5)
 
 
 @pytest.mark.parametrize("url", [URL, "https://h.test/a b?x=1&y=\u00e9#frag", "https://h.test/" + "p" * 4000])
