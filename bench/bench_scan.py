@@ -1,9 +1,10 @@
 """The scanner's benchmark: is streaming over HTTP into clamd as fast as handing clamd a local file,
 and does the scanner's memory stay flat as files grow?
 
-(a) ``filescan scan`` (the installed entry point, a fresh process as in a Job) fetches a 200 MB
-file from a local HTTP server (stdlib, serving with sendfile so it takes little of the two cores)
-and streams it into clamd; (b) ``clamdscan --stream``
+(a) ``filescan scan`` (a fresh process as in a Job, run by a venv holding exactly what the image
+installs: requirements.txt and this source tree, not the dev venv's extra tools, which add start-up
+work a Job never pays) fetches a 200 MB file from a local HTTP server (stdlib, serving with
+sendfile so it takes little of the two cores) and streams it into clamd; (b) ``clamdscan --stream``
 sends the same file from disk to the same clamd, and a raw INSTREAM of the local file from this
 process is printed as a second baseline. Each is run several times, interleaved; medians are
 compared (goal: a ratio of at most 1.15). Then the peak RSS of ``filescan scan`` for a 20 MB and a
@@ -15,8 +16,10 @@ nothing compresses or short-cuts.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,7 +37,37 @@ from devstack.clamd import ClamdProcess
 MB = 1_000_000
 MiB = 1024 * 1024
 ROUNDS = 5
-FILESCAN = Path(sys.executable).parent / "filescan"
+REPO = Path(__file__).resolve().parent.parent
+REQUIREMENTS = REPO / "requirements.txt"
+VENV_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "filescan-bench"
+
+
+def shipped_python() -> Path:
+    """The Python of a venv with the image's packages (``requirements.txt``, ``--no-deps`` as the
+    Dockerfile installs them), built once per requirements.txt; the source tree comes from
+    ``PYTHONPATH`` (see :func:`_filescan_command`)."""
+    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:12]
+    venv = VENV_CACHE / f"scanner-venv-{digest}"
+    python = venv / "bin" / "python"
+    if python.exists():
+        return python
+    print(f"[bench] building {venv} with the image's packages (once per requirements.txt)...", flush=True)
+    partial = venv.with_name(venv.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(partial)], check=True)
+    subprocess.run(
+        [str(partial / "bin" / "pip"), "install", "--quiet", "--no-deps", "--requirement", str(REQUIREMENTS)],
+        check=True,
+    )
+    partial.rename(venv)
+    return python
+
+
+def _filescan_command(python: Path) -> tuple[list[str], dict[str, str]]:
+    """``filescan`` as the image runs it, and the environment without the shell's FILESCAN_*."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FILESCAN_")}
+    env["PYTHONPATH"] = str(REPO)
+    return [str(python), "-m", "controller.cli"], env
 
 
 def _write_random(path: Path, size: int) -> None:
@@ -73,9 +106,9 @@ def _start_file_server(directory: Path) -> ThreadingHTTPServer:
     return server
 
 
-def _run_filescan(url: str, clamd: ClamdProcess, workdir: Path) -> tuple[float, int, float]:
+def _run_filescan(python: Path, url: str, clamd: ClamdProcess, workdir: Path) -> tuple[float, int, float]:
     """Wall seconds, peak RSS (KiB) and CPU seconds (user + system) of one ``filescan scan`` process."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("FILESCAN_")}
+    filescan, env = _filescan_command(python)
     env |= {
         "FILESCAN_ALLOWED_FILE_HOSTS": "127.0.0.1",
         "FILESCAN_ALLOW_HTTP": "true",
@@ -85,7 +118,7 @@ def _run_filescan(url: str, clamd: ClamdProcess, workdir: Path) -> tuple[float, 
     started = time.perf_counter()
     process = subprocess.Popen(
         [
-            str(FILESCAN),
+            *filescan,
             "scan",
             "--url",
             url,
@@ -107,12 +140,12 @@ def _run_filescan(url: str, clamd: ClamdProcess, workdir: Path) -> tuple[float, 
     return elapsed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
 
 
-def _run_startup(workdir: Path) -> float:
+def _run_startup(python: Path, workdir: Path) -> float:
     """Seconds for ``filescan scan`` to start, refuse a URL and exit: the fixed cost of a process."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("FILESCAN_")}
+    filescan, env = _filescan_command(python)
     started = time.perf_counter()
     completed = subprocess.run(
-        [str(FILESCAN), "scan", "--url", "https://not-allowed.invalid/", "--termination-log", str(workdir / "tl")],
+        [*filescan, "scan", "--url", "https://not-allowed.invalid/", "--termination-log", str(workdir / "tl")],
         env=env | {"FILESCAN_LOG_LEVEL": "WARNING"},
         capture_output=True,
         check=False,
@@ -151,6 +184,7 @@ def _run_raw_instream(path: Path, clamd: ClamdProcess) -> float:
 
 
 def main() -> None:
+    python = shipped_python()
     with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp:
         workdir = Path(tmp)
         files = workdir / "files"
@@ -168,17 +202,18 @@ def main() -> None:
         )
         try:
             url = f"http://127.0.0.1:{port}/f200"
-            _run_filescan(url, clamd, workdir)  # warm the page cache and clamd
+            _run_filescan(python, url, clamd, workdir)  # warm the page cache and clamd
             streamed, baseline, raw, startup, cpu = [], [], [], [], []
             for _ in range(ROUNDS):
-                startup.append(_run_startup(workdir))
-                wall, _, cpu_seconds = _run_filescan(url, clamd, workdir)
+                startup.append(_run_startup(python, workdir))
+                wall, _, cpu_seconds = _run_filescan(python, url, clamd, workdir)
                 streamed.append(wall)
                 cpu.append(cpu_seconds)
                 baseline.append(_run_clamdscan(files / "f200", clamd))
                 raw.append(_run_raw_instream(files / "f200", clamd))
             rss = {
-                name: _run_filescan(f"http://127.0.0.1:{port}/{name}", clamd, workdir)[1] for name in ("f20", "f500")
+                name: _run_filescan(python, f"http://127.0.0.1:{port}/{name}", clamd, workdir)[1]
+                for name in ("f20", "f500")
             }
             version = ClamdClient(ClamdAddress.parse(clamd.address)).version()
         finally:
