@@ -7,10 +7,11 @@ Design decisions:
   concurrency, and an async pool costs a socket per in-flight request, not a thread. Unary calls
   use :mod:`controller.http1`, which costs a third of httpx's CPU per call (the webhook's whole
   process went from about 2.0 to 0.7 CPU ms per event); watches, and everything when a proxy is
-  configured, use one ``httpx.AsyncClient``. The ``kubernetes`` library is used only for what it does well and we must not re-invent:
-  resolving credentials (``KUBECONFIG`` or ``~/.kube/config``, else in-cluster; exec plugins,
-  inline certificate data, token files). Its refresh hook is called before each request, so a
-  rotated service-account token is picked up without a restart. The kubeconfig is never written.
+  configured, use one ``httpx.AsyncClient``. The ``kubernetes`` library is used only for what it
+  does well and we must not re-invent: resolving credentials (``KUBECONFIG`` or
+  ``~/.kube/config``, else in-cluster; exec plugins, inline certificate data, token files). Its
+  refresh hook is called before each request, so a rotated service-account token is picked up
+  without a restart. The kubeconfig is never written.
 * Errors are classified in one place, :func:`_raise_for_status`: connection failures, timeouts,
   429 and 5xx are :class:`KubeTransientError` (the same call may succeed later); other 4xx are
   :class:`KubePermanentError`, with one class per status that matters (404, 409, 422, 401/403).
