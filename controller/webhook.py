@@ -151,8 +151,14 @@ _OUTCOME_FOR_STATUS: dict[int, Outcome] = {
 }
 
 
+_SOURCE_FOR_PATH: dict[str, Source] = {f"{WEBHOOK_PREFIX}/{source}": source for source in SOURCES}
+
+
 def _outcome_for_status(status: int) -> Outcome:
     return _OUTCOME_FOR_STATUS.get(status, "error")
+
+
+Endpoint = Callable[[Source, Request], Awaitable[Response]]
 
 
 class RequestGate:
@@ -160,11 +166,24 @@ class RequestGate:
 
     The body is read here, at most ``max_body + 1`` bytes, and replayed to the app, so a huge or
     endless body costs 64 KiB of memory, whatever its Content-Length says.
+
+    A POST to an event endpoint then goes from here straight to ``endpoint`` (the one function both
+    routes call), past the routing, exception and dependency layers that FastAPI would run first:
+    about an eighth of the process's CPU per event. The FastAPI routes still declare both endpoints,
+    for the OpenAPI document; every other request reaches the app as usual.
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: WebhookMetrics, max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: WebhookMetrics,
+        endpoint: Endpoint | None = None,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.endpoint = endpoint
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -173,8 +192,8 @@ class RequestGate:
             return
         started = time.perf_counter()
         state: dict[str, Any] = scope.setdefault("state", {})
-        tail = str(scope["path"]).removeprefix(WEBHOOK_PREFIX + "/")
-        source = tail if tail in SOURCES else "unknown"
+        endpoint_source = _SOURCE_FOR_PATH.get(str(scope["path"]))
+        source = endpoint_source or "unknown"
         status = 500
         outcome: Outcome | None = None
         detail: str | None = None
@@ -200,6 +219,10 @@ class RequestGate:
                     await self._refuse(capture, code, detail)
                     return
                 receive = _replay(body, receive)
+                if endpoint_source is not None and self.endpoint is not None:
+                    response = await self.endpoint(endpoint_source, Request(scope, receive))
+                    await response(scope, receive, capture)
+                    return
             await self.app(scope, receive, capture)
         finally:
             outcome = state.get("outcome") or outcome or _outcome_for_status(status)
@@ -649,7 +672,7 @@ def create_app(settings: Settings, kube: KubeClient, *, auth: bool = True) -> Fa
     app.state.webhook = WebhookState(settings, kube, metrics_, auth=auth)
     app.include_router(webhooks)
     app.include_router(probes)
-    app.add_middleware(RequestGate, metrics=metrics_)
+    app.add_middleware(RequestGate, metrics=metrics_, endpoint=receive_event)
     return app
 
 
