@@ -10,9 +10,6 @@ Design decisions:
   reading, so :meth:`InstreamSession.send` checks for an early reply between chunks and, if a send
   fails, still tries to read the reply before calling clamd unavailable. The size limit is its own
   exception so the scanner can report it as a permanent outcome rather than a retryable failure.
-* Chunks are gathered into frames of :data:`FRAME_BYTES` and sent with one gathering ``sendmsg``
-  (no copy): clamd reads and writes one frame at a time, and handled 64 KiB frames (what an HTTP
-  download yields) markedly slower than 256 KiB ones in ``bench/bench_scan.py``.
 * The client returns clamd's verdict as-is (``Heuristics.Limits.Exceeded.*`` included); deciding what
   a verdict means belongs to the scanner.
 """
@@ -30,9 +27,6 @@ _MAX_REPLY = 64 * 1024
 
 _MAX_CHUNK = 0xFFFF_FFFF
 """INSTREAM frames carry a 4-byte length."""
-
-FRAME_BYTES = 256 * 1024
-"""Bytes gathered before an INSTREAM frame goes out (a frame holds at most this plus one chunk)."""
 
 
 class ClamdError(Exception):
@@ -140,58 +134,41 @@ class ClamdClient:
         """``ClamAV <engine>[/<db version>/<db date>]``."""
         return self._command(b"VERSION")
 
-    def instream(self, *, frame_bytes: int = FRAME_BYTES) -> InstreamSession:
-        """Open an INSTREAM session: send chunks, then :meth:`InstreamSession.finish` for the verdict.
-        Chunks are sent in frames of at least ``frame_bytes`` (the last may be shorter)."""
+    def instream(self) -> InstreamSession:
+        """Open an INSTREAM session: send chunks, then :meth:`InstreamSession.finish` for the verdict."""
         sock = self._connect()
         try:
             sock.sendall(b"zINSTREAM\0")
         except OSError as error:
             sock.close()
             raise ClamdUnavailable(f"clamd connection failed: {error}") from error
-        return InstreamSession(sock, frame_bytes=frame_bytes)
+        return InstreamSession(sock)
 
 
 class InstreamSession:
     """One INSTREAM upload. Closing it without :meth:`finish` abandons the scan."""
 
-    def __init__(self, sock: socket.socket, *, frame_bytes: int = FRAME_BYTES):
+    def __init__(self, sock: socket.socket):
         self._sock = sock
-        self._frame_bytes = frame_bytes
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
+        self._early_reply: str | None = None
 
     def send(self, chunk: bytes) -> None:
-        """Queue one chunk, sending a frame whenever enough have gathered; raises
-        :class:`ClamdStreamTooLong` as soon as clamd refuses the stream."""
+        """Send one chunk; raises :class:`ClamdStreamTooLong` as soon as clamd refuses the stream."""
         if not chunk:
             return  # a zero-length frame would end the stream
-        if self._pending_bytes + len(chunk) > _MAX_CHUNK:
-            self._send_frame()
-            if len(chunk) > _MAX_CHUNK:
-                raise ValueError("chunk too large for one INSTREAM frame")
-        self._pending.append(chunk)
-        self._pending_bytes += len(chunk)
-        if self._pending_bytes >= self._frame_bytes:
-            self._send_frame()
-
-    def _send_frame(self) -> None:
-        if not self._pending:
-            return
+        if len(chunk) > _MAX_CHUNK:
+            raise ValueError("chunk too large for one INSTREAM frame")
         try:
-            _send_buffers(self._sock, [struct.pack(">I", self._pending_bytes), *self._pending])
+            self._sock.sendall(struct.pack(">I", len(chunk)) + chunk)
         except OSError as error:
             self._raise_after_send_failure(error)
-        self._pending.clear()
-        self._pending_bytes = 0
         readable, _, _ = select.select([self._sock], [], [], 0)
         if readable:
             # clamd only speaks early to refuse the stream; read why and stop.
             self._raise_for_reply(self._read_reply_or_unavailable())
 
     def finish(self) -> ScanReply:
-        """Send what is queued, end the stream and wait for the verdict."""
-        self._send_frame()
+        """End the stream and wait for the verdict."""
         try:
             self._sock.sendall(struct.pack(">I", 0))
         except OSError as error:
@@ -230,17 +207,6 @@ class InstreamSession:
     def _raise_for_reply(reply: str) -> None:
         parse_scan_reply(reply)  # raises for the size limit and for errors
         raise ClamdUnavailable(f"clamd answered before the stream ended: {reply!r}")
-
-
-def _send_buffers(sock: socket.socket, buffers: list[bytes]) -> None:
-    """``sendall`` for several buffers at once: one gathering ``sendmsg`` per try, no joined copy."""
-    views = [memoryview(buffer) for buffer in buffers]
-    while views:
-        sent = sock.sendmsg(views)
-        while views and sent >= len(views[0]):
-            sent -= len(views.pop(0))
-        if sent:
-            views[0] = views[0][sent:]
 
 
 def _read_reply(sock: socket.socket) -> str:
