@@ -16,6 +16,7 @@ nothing compresses or short-cuts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -178,32 +180,38 @@ def _run_clamdscan(path: Path, clamd: ClamdProcess) -> float:
     return elapsed
 
 
+def _timed_instream(clamd: ClamdProcess, open_chunks: Callable[[contextlib.ExitStack], Iterable[bytes]]) -> float:
+    """Seconds to open a source (``open_chunks`` enters what it opens on the stack), stream it into
+    clamd from this process and get the verdict, which must be clean."""
+    client = ClamdClient(ClamdAddress.parse(clamd.address))
+    started = time.perf_counter()
+    with contextlib.ExitStack() as opened, client.instream() as session:
+        for chunk in open_chunks(opened):
+            session.send(chunk)
+        reply = session.finish()
+    elapsed = time.perf_counter() - started
+    if reply.infected:
+        raise RuntimeError(f"INSTREAM found {reply.signature}")
+    return elapsed
+
+
 def _run_http_instream(url: str, clamd: ClamdProcess) -> float:
     """The same download streamed into clamd by this (already started) process, hashing nothing:
     what any Python streamer pays for the HTTP hop on these cores, without the scanner's own work."""
-    client = ClamdClient(ClamdAddress.parse(clamd.address))
-    started = time.perf_counter()
-    with client.instream() as session, httpx.Client() as http, http.stream("GET", url) as response:
-        for chunk in response.iter_raw():
-            session.send(chunk)
-        reply = session.finish()
-    elapsed = time.perf_counter() - started
-    if reply.infected:
-        raise RuntimeError(f"HTTP INSTREAM found {reply.signature}")
-    return elapsed
+
+    def download(opened: contextlib.ExitStack) -> Iterable[bytes]:
+        http = opened.enter_context(httpx.Client())
+        return opened.enter_context(http.stream("GET", url)).iter_raw()
+
+    return _timed_instream(clamd, download)
 
 
 def _run_raw_instream(path: Path, clamd: ClamdProcess) -> float:
-    client = ClamdClient(ClamdAddress.parse(clamd.address))
-    started = time.perf_counter()
-    with client.instream() as session, path.open("rb") as source:
-        while chunk := source.read(256 * 1024):
-            session.send(chunk)
-        reply = session.finish()
-    elapsed = time.perf_counter() - started
-    if reply.infected:
-        raise RuntimeError(f"raw INSTREAM found {reply.signature}")
-    return elapsed
+    def read(opened: contextlib.ExitStack) -> Iterable[bytes]:
+        source = opened.enter_context(path.open("rb"))
+        return iter(partial(source.read, 256 * 1024), b"")
+
+    return _timed_instream(clamd, read)
 
 
 def main() -> None:
