@@ -60,10 +60,10 @@ manifests: binaries
 	PYTHONPATH=. $(PY) scripts/render_bundle.py
 
 requirements: setup
-	$(PY) scripts/pin_requirements.py
+	PYTHONPATH=. $(PY) scripts/pin_requirements.py
 
 docs: setup
-	$(PY) scripts/values_reference.py
+	PYTHONPATH=. $(PY) scripts/values_reference.py
 
 test: setup binaries helm4 security-tools
 	$(PY) -m pytest tests

@@ -10,13 +10,14 @@ the dev tools. Environment markers are evaluated for the image's platform (Linux
 
 from __future__ import annotations
 
-import argparse
 import sys
 from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from scripts.generated import write_or_check
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "requirements.txt"
@@ -59,17 +60,7 @@ def render() -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail when requirements.txt is out of date")
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        if TARGET.read_text() != text:
-            sys.stderr.write("requirements.txt is out of date: run `make requirements`\n")
-            return 1
-        return 0
-    TARGET.write_text(text)
-    return 0
+    return write_or_check(__doc__ or "", TARGET, render, what="requirements.txt", remake="make requirements")
 
 
 if __name__ == "__main__":

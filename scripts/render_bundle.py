@@ -10,10 +10,11 @@ and a placeholder file host that the user replaces; the file's header says so.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
+
+from scripts.generated import write_or_check
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "filescan-operator"
@@ -71,17 +72,7 @@ def render(helm: Path | None = None) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail when manifests/install.yaml is out of date")
-    args = parser.parse_args()
-    text = render()
-    if args.check:
-        if not TARGET.exists() or TARGET.read_text() != text:
-            sys.stderr.write("manifests/install.yaml is out of date: run `make manifests`\n")
-            return 1
-        return 0
-    TARGET.write_text(text)
-    return 0
+    return write_or_check(__doc__ or "", TARGET, render, what="manifests/install.yaml", remake="make manifests")
 
 
 if __name__ == "__main__":

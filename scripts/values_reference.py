@@ -10,7 +10,6 @@ blocks into a Markdown table between the README's ``values-reference`` markers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from scripts.generated import write_or_check
 
 REPO = Path(__file__).resolve().parents[1]
 VALUES = REPO / "helm" / "filescan-operator" / "values.yaml"
@@ -133,18 +134,12 @@ def updated_readme(readme: str, table: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail when the README's reference is out of date")
-    args = parser.parse_args()
-    readme = README.read_text()
-    new = updated_readme(readme, render(parse(VALUES.read_text())))
-    if args.check:
-        if new != readme:
-            sys.stderr.write("README.md's configuration reference is out of date: run `make docs`\n")
-            return 1
-        return 0
-    README.write_text(new)
-    return 0
+    def readme() -> str:
+        return updated_readme(README.read_text(), render(parse(VALUES.read_text())))
+
+    return write_or_check(
+        __doc__ or "", README, readme, what="README.md's configuration reference", remake="make docs"
+    )
 
 
 if __name__ == "__main__":
