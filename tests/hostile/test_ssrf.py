@@ -12,19 +12,15 @@ against a policy that does allow one of them: an allowed IP must not make its al
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controller import cli
 from controller.settings import FetchPolicy
 from controller.urls import URLRefused, check_file_url, host_allowed
-from devstack.clamd import ClamdProcess
 from tests.fixtures.clamd import FileServer, Route, eicar
 from tests.fixtures.filescans import (
     ALLOWED_FILE_HOSTS,
@@ -286,27 +282,6 @@ def canary() -> Iterator[Canary]:
         listener.stop()
 
 
-@pytest.fixture
-def scan(monkeypatch: pytest.MonkeyPatch, clamd: ClamdProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    """Run ``filescan scan`` in-process with a scan Job's env (127.0.0.1 allowed, plain http allowed);
-    returns (exit code, termination-log JSON)."""
-    for name in list(os.environ):
-        if name.startswith("FILESCAN_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("FILESCAN_ALLOWED_FILE_HOSTS", "127.0.0.1")
-    monkeypatch.setenv("FILESCAN_ALLOW_HTTP", "true")
-    monkeypatch.setenv("FILESCAN_CLAMD_ADDRESS", clamd.address)
-
-    def run(url: str) -> tuple[int, dict[str, Any]]:
-        log = tmp_path / "termination-log"
-        log.unlink(missing_ok=True)
-        code = cli.main(["scan", "--url", url, "--termination-log", str(log)])
-        capsys.readouterr()
-        return code, json.loads(log.read_bytes())
-
-    return run
-
-
 # Where a redirect may try to send the scanner. {canary} is host:port of the canary on 127.0.0.2,
 # {port} its port, {self} the port of the file server that redirects (127.0.0.1, allowed).
 REDIRECTS: list[tuple[str, str]] = [
@@ -348,13 +323,14 @@ REDIRECTS: list[tuple[str, str]] = [
 
 @pytest.mark.parametrize("location", _ids(REDIRECTS))
 def test_scanner_refuses_a_redirect_to_each_corpus_url(
-    location: str, scan: Any, file_server: FileServer, canary: Canary
+    location: str, run_scan: Any, file_server: FileServer, canary: Canary
 ) -> None:
     file_server.add("/target", Route(body=eicar()))
     target = location.format(canary=f"{canary.host}:{canary.port}", port=canary.port, self=file_server.port)
     url = file_server.add("/hop", Route(redirect_to=target))
 
-    code, result = scan(url)
+    outcome = run_scan(url)
+    code, result = outcome.code, outcome.result
 
     assert (code, result.get("reason")) == (3, "url-refused"), result
     assert canary.connections == []
@@ -362,24 +338,26 @@ def test_scanner_refuses_a_redirect_to_each_corpus_url(
 
 
 def test_canary_sees_a_redirect_the_policy_allows(
-    monkeypatch: pytest.MonkeyPatch, scan: Any, file_server: FileServer, canary: Canary
+    monkeypatch: pytest.MonkeyPatch, run_scan: Any, file_server: FileServer, canary: Canary
 ) -> None:
     """The harness can fail: with 127.0.0.2 on the list, the same redirect does reach the canary."""
     monkeypatch.setenv("FILESCAN_ALLOWED_FILE_HOSTS", "127.0.0.1,127.0.0.2")
     url = file_server.add("/hop", Route(redirect_to=f"http://{canary.host}:{canary.port}/x"))
 
-    code, result = scan(url)
+    outcome = run_scan(url)
+    code, result = outcome.code, outcome.result
 
     assert code == 2, result  # the canary hangs up without an answer: a transient network error
     assert len(canary.connections) >= 1
 
 
-def test_scanner_follows_a_redirect_within_the_allowed_ip(scan: Any, file_server: FileServer) -> None:
+def test_scanner_follows_a_redirect_within_the_allowed_ip(run_scan: Any, file_server: FileServer) -> None:
     """Positive control: an explicitly allowed IP host, redirected to itself, is scanned."""
     file_server.add("/target", Route(body=eicar()))
     url = file_server.add("/hop", Route(redirect_to=f"http://127.0.0.1:{file_server.port}/target"))
 
-    code, result = scan(url)
+    outcome = run_scan(url)
+    code, result = outcome.code, outcome.result
 
     assert (code, result.get("verdict")) == (0, "infected"), result
     assert [seen.path for seen in file_server.requests] == ["/hop", "/target"]

@@ -14,56 +14,18 @@ import socket
 import subprocess
 import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controller import cli, scanner
+from controller import scanner
 from devstack.clamd import ClamdProcess
 from tests.fixtures.clamd import TEST_MARKER, FileServer, Route, archive_bomb, eicar
 
 EICAR_SIGNATURE = "Eicar-Test-Signature.UNOFFICIAL"
 MARKER_SIGNATURE = "Filescan.Test.Marker.UNOFFICIAL"
 MiB = 1024 * 1024
-
-
-@dataclass
-class Outcome:
-    code: int
-    result: dict[str, Any]
-    stdout: str
-
-
-@pytest.fixture
-def scan_env(monkeypatch: pytest.MonkeyPatch, clamd: ClamdProcess, clamav_database: Path) -> None:
-    """The env a scan Job gets: allow the local server, plain http, the test clamd."""
-    for name in list(os.environ):
-        if name.startswith("FILESCAN_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("FILESCAN_ALLOWED_FILE_HOSTS", "127.0.0.1")
-    monkeypatch.setenv("FILESCAN_ALLOW_HTTP", "true")
-    monkeypatch.setenv("FILESCAN_CLAMD_ADDRESS", clamd.address)
-    monkeypatch.setenv("FILESCAN_CLAMSCAN_DATABASE", str(clamav_database))
-
-
-@pytest.fixture
-def run_scan(scan_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Any:
-    """Run ``filescan scan`` in-process; returns the exit code and the termination-log JSON."""
-
-    def run(url: str, *extra: str) -> Outcome:
-        log = tmp_path / "termination-log"
-        log.unlink(missing_ok=True)
-        code = cli.main(["scan", "--url", url, "--termination-log", str(log), *extra])
-        stdout = capsys.readouterr().out
-        raw = log.read_bytes()
-        assert len(raw) < 4096
-        result = json.loads(raw)
-        assert json.loads(stdout) == result, "stdout and the termination log must carry the same result"
-        return Outcome(code, result, stdout)
-
-    return run
 
 
 def zipped(name: str, data: bytes) -> bytes:
