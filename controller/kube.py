@@ -323,6 +323,12 @@ class KubeClient:
         _raise_for_status(answer.status, answer.body, what)
         return answer
 
+    async def _list(self, path: str, *, what: str, params: Mapping[str, str] | None = None) -> list[JSONObject]:
+        """The ``items`` of a list call."""
+        response = await self._request("GET", path, what=what, params=params)
+        items: list[JSONObject] = response.json().get("items", [])
+        return items
+
     @staticmethod
     def _filescans_path(namespace: str, name: str | None = None) -> str:
         path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace, safe='')}/{FILESCAN_PLURAL}"
@@ -376,11 +382,7 @@ class KubeClient:
 
     async def list_filescans(self, namespace: str) -> list[JSONObject]:
         """Every FileScan in the namespace."""
-        response = await self._request(
-            "GET", self._filescans_path(namespace), what=f"list FileScans in {namespace}"
-        )
-        items: list[JSONObject] = response.json().get("items", [])
-        return items
+        return await self._list(self._filescans_path(namespace), what=f"list FileScans in {namespace}")
 
     async def wait_for_filescan(
         self,
@@ -502,20 +504,16 @@ class KubeClient:
         return job
 
     async def list_jobs(self, namespace: str, label_selector: str) -> list[JSONObject]:
-        response = await self._request(
-            "GET", f"/apis/batch/v1/namespaces/{quote(namespace, safe='')}/jobs",
+        return await self._list(
+            f"/apis/batch/v1/namespaces/{quote(namespace, safe='')}/jobs",
             what=f"list Jobs in {namespace}", params={"labelSelector": label_selector},
         )
-        items: list[JSONObject] = response.json().get("items", [])
-        return items
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[JSONObject]:
-        response = await self._request(
-            "GET", f"/api/v1/namespaces/{quote(namespace, safe='')}/pods",
+        return await self._list(
+            f"/api/v1/namespaces/{quote(namespace, safe='')}/pods",
             what=f"list pods in {namespace}", params={"labelSelector": label_selector},
         )
-        items: list[JSONObject] = response.json().get("items", [])
-        return items
 
     async def create_event(
         self, regarding: Mapping[str, Any], kind: str, reason: str, message: str, *, component: str
